@@ -1,0 +1,283 @@
+"""Behaviour sampling: a model's answer and its distribution over the choices, on both sides of every pair.
+
+The answer is read from the next-token logits at the answer position (one forward per prompt, lm-eval style
+multiple choice over a fixed choice set), never from free generation. Speed comes from:
+  * bf16 autocast on CPU (AVX-512 bf16),
+  * batches bucketed by length (little padding),
+  * prefix sharing: x and x∖C share everything up to the feature, so the shared prefix is run once and its KV
+    cache is reused for both suffixes (`share_prefix=True`),
+  * the LM head applied at the answer position only, in fp32 (all rows are left-padded, so it is the last one).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from .config import UserError, atomic_path, stable_hash
+from .models import render_prompt
+from .tasks import Pair, Task
+
+META_KEY = b"introspect"
+
+
+def choice_token_ids(tokenizer: Any, continuations: Sequence[str]) -> list[int]:
+    """Token id of each continuation; each must be exactly one token and all must differ."""
+    ids = []
+    for c in continuations:
+        toks = tokenizer.encode(c, add_special_tokens=False)
+        if len(toks) != 1:
+            raise UserError(f"choice continuation {c!r} is {len(toks)} tokens for this tokenizer; it must be one "
+                            f"(change the task's prompt format)")
+        ids.append(toks[0])
+    if len(set(ids)) != len(ids):
+        raise UserError(f"choice continuations {list(continuations)} map to the same token")
+    return ids
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def autocast(precision: str) -> Any:
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision == "fp32":
+        return nullcontext()
+    raise UserError(f"precision must be 'bf16' or 'fp32', got {precision!r} (flag --precision)")
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def _head_logprobs(model: Any, hidden: torch.Tensor, choice_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """LM head in fp32 at the answer position: choice log-probs over the full vocabulary [B, C], vocab argmax [B].
+
+    The head runs outside autocast: bf16 logits (spacing 0.125 near 20) would tie close choices.
+    """
+    weight = model.get_output_embeddings().weight
+    with torch.autocast("cpu", enabled=False):
+        logits = hidden.float() @ weight.float().T
+    logp = torch.log_softmax(logits, dim=-1)
+    return logp[:, choice_ids].numpy(), logits.argmax(-1).numpy()
+
+
+def _extend(model: Any, segments: Sequence[Sequence[int]], pad_id: int, cache: Any = None,
+            past_mask: torch.Tensor | None = None, keep_cache: bool = True) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """Run one left-padded segment per row after an optional KV cache; return last hidden state, cache, mask."""
+    ids, mask = _left_pad(segments, pad_id)
+    offset = past_mask.sum(-1, keepdim=True) if past_mask is not None else 0
+    pos = offset + (mask.cumsum(-1) - 1).clamp(min=0)
+    full = mask if past_mask is None else torch.cat([past_mask, mask], dim=1)
+    out = model.get_decoder()(input_ids=ids, attention_mask=full, position_ids=pos, past_key_values=cache,
+                              use_cache=keep_cache)
+    return out.last_hidden_state[:, -1], out.past_key_values, full
+
+
+def _batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    for i in range(0, len(order), batch_size):
+        yield order[i:i + batch_size]
+
+
+@torch.no_grad()
+def score_prompts(model: Any, prompts: Sequence[Sequence[int]], choice_ids: list[int], *, pad_id: int,
+                  batch_size: int = 8, precision: str = "bf16", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Choice log-probs [N, C] and vocab argmax [N] at the last position of each prompt (length-bucketed batches)."""
+    out = np.zeros((len(prompts), len(choice_ids)), dtype=np.float32)
+    top = np.zeros(len(prompts), dtype=np.int64)
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    with autocast(precision), tqdm(total=len(prompts), disable=not progress, desc="score", unit="prompt") as bar:
+        for idx in _batches(order, batch_size):
+            hidden, _, _ = _extend(model, [prompts[i] for i in idx], pad_id, keep_cache=False)
+            out[idx], top[idx] = _head_logprobs(model, hidden, choice_ids)
+            bar.update(len(idx))
+    return out, top
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the shared token prefix, leaving at least one token of each side to score."""
+    n = 0
+    limit = min(len(a), len(b)) - 1
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]],
+                choice_ids: list[int], *, pad_id: int, batch_size: int = 8, precision: str = "bf16",
+                share_prefix: bool = True, progress: bool = False) -> dict[str, np.ndarray]:
+    """Choice log-probs on both sides of every pair.
+
+    With `share_prefix`, three nested segments run once each: the prefix common to every prompt (system turn),
+    once for the whole set; each pair's common prefix (question and options), once per pair; then the two
+    suffixes (feature + end of turn) on top of a copy of the pair's KV cache.
+    """
+    n = len(with_c)
+    if not share_prefix:
+        logp, top = score_prompts(model, [*with_c, *without_c], choice_ids, pad_id=pad_id,
+                                  batch_size=2 * batch_size, precision=precision, progress=progress)
+        return {"logp": logp[:n], "logp_without": logp[n:], "top": top[:n], "top_without": top[n:]}
+    logp = np.zeros((2 * n, len(choice_ids)), dtype=np.float32)  # rows 2i (with C), 2i+1 (without C)
+    top = np.zeros(2 * n, dtype=np.int64)
+    split = [common_prefix(a, b) for a, b in zip(with_c, without_c)]
+    shared = min(common_prefix(with_c[0], p) for p in [*with_c, *without_c]) if n > 1 else 0
+    shared = min([shared, *split])
+    order = np.argsort(split, kind="stable")
+    with autocast(precision), tqdm(total=n, disable=not progress, desc="sample", unit="pair") as bar:
+        root = _extend(model, [with_c[0][:shared]], pad_id) if shared else None
+        for idx in _batches(order, batch_size):
+            cache, past = None, None
+            if root is not None:
+                cache = copy.deepcopy(root[1])
+                cache.batch_repeat_interleave(len(idx))
+                past = root[2].expand(len(idx), -1)
+            _, cache, past = _extend(model, [with_c[i][shared:split[i]] for i in idx], pad_id, cache, past)
+            cache.batch_repeat_interleave(2)
+            suffixes = [s[split[i]:] for i in idx for s in (with_c[i], without_c[i])]
+            hidden, _, _ = _extend(model, suffixes, pad_id, cache, past.repeat_interleave(2, dim=0), keep_cache=False)
+            rows = np.stack([2 * idx, 2 * idx + 1], axis=1).reshape(-1)
+            logp[rows], top[rows] = _head_logprobs(model, hidden, choice_ids)
+            bar.update(len(idx))
+    return {"logp": logp[0::2], "logp_without": logp[1::2], "top": top[0::2], "top_without": top[1::2]}
+
+
+@dataclass
+class SampleStats:
+    pairs: int
+    tokens: int  # prompt tokens on both sides (what a plain forward would process)
+    seconds: float
+
+    def line(self) -> str:
+        return (f"{self.pairs} pairs, {self.tokens} prompt tokens in {self.seconds:.1f}s: "
+                f"{self.pairs / self.seconds:.1f} pairs/s, {self.tokens / self.seconds:.0f} tokens/s")
+
+
+def encode_pairs(tokenizer: Any, task: Task, pairs: Sequence[Pair]) -> tuple[list[list[int]], list[list[int]]]:
+    a = [encode(tokenizer, render_prompt(tokenizer, p.messages, task.assistant_prefix)) for p in pairs]
+    b = [encode(tokenizer, render_prompt(tokenizer, p.messages_without, task.assistant_prefix)) for p in pairs]
+    return a, b
+
+
+def sample_behavior(model: Any, tokenizer: Any, task: Task, pairs: Sequence[Pair], *, batch_size: int = 8,
+                    precision: str = "bf16", share_prefix: bool = True,
+                    progress: bool = True) -> tuple[pd.DataFrame, SampleStats]:
+    """B(M) on every pair: one row per pair with answers and choice distributions on both sides."""
+    choice_ids = choice_token_ids(tokenizer, task.continuations)
+    with_c, without_c = encode_pairs(tokenizer, task, pairs)
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    res = score_pairs(model, with_c, without_c, choice_ids, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
+                      precision=precision, share_prefix=share_prefix, progress=progress)
+    model.train(was_training)
+    stats = SampleStats(len(pairs), sum(map(len, with_c)) + sum(map(len, without_c)), time.perf_counter() - t0)
+    choices = np.array(task.choices)
+    rows = []
+    for i, p in enumerate(pairs):
+        lp, lq = res["logp"][i], res["logp_without"][i]
+        a, b = choices[lp.argmax()], choices[lq.argmax()]
+        rows.append({
+            "pair_id": p.id,
+            "messages": json.dumps(p.messages, ensure_ascii=False),
+            "messages_without": json.dumps(p.messages_without, ensure_ascii=False),
+            "feature": p.feature,
+            "gold": p.gold,
+            "meta": json.dumps(p.meta, ensure_ascii=False),
+            "answer": str(a),
+            "answer_without": str(b),
+            "changed": bool(a != b),
+            "probs": _softmax(lp).tolist(),
+            "probs_without": _softmax(lq).tolist(),
+            "choice_mass": float(np.exp(lp).sum()),
+            "choice_mass_without": float(np.exp(lq).sum()),
+        })
+    return pd.DataFrame(rows), stats
+
+
+def _softmax(logp: np.ndarray) -> np.ndarray:
+    e = np.exp(logp - logp.max())
+    return e / e.sum()
+
+
+def table_meta(*, model_id: str, weights_hash: str, task: Task, pairs: Sequence[Pair], seed: int, split: str,
+               precision: str) -> dict[str, Any]:
+    return {
+        "model_id": model_id,
+        "weights_hash": weights_hash,
+        "task": task.name,
+        "task_options": task.init_options(),
+        "task_spec": task.spec(),
+        "task_spec_hash": stable_hash(task.spec()),
+        "pairs_hash": stable_hash([p.to_dict() for p in pairs]),
+        "seed": seed,
+        "split": split,
+        "n": len(pairs),
+        "precision": precision,
+        "choices": list(task.choices),
+    }
+
+
+def write_table(path: str | Path, df: pd.DataFrame, meta: dict[str, Any]) -> None:
+    """Write a table to Parquet with our provenance in the schema metadata (atomically)."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def task_of(meta: dict[str, Any]) -> Task:
+    """The task a table was made with, rebuilt from its metadata."""
+    from .tasks import get_task
+
+    return get_task(meta["task"], **meta.get("task_options", {}))
+
+
+def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist (run `introspect sample` first, or check the path)")
+    table = pq.read_table(path)
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise UserError(f"{path} has no introspect metadata: it was not written by introspect")
+    return table.to_pandas(), json.loads(raw)
+
+
+def summarize(df: pd.DataFrame, choices: Sequence[str]) -> dict[str, Any]:
+    """Answer distribution on both sides, changed rate, and how often the answer follows the feature."""
+    n = len(df)
+    dist = {c: round(float((df["answer"] == c).mean()), 3) for c in choices}
+    dist_without = {c: round(float((df["answer_without"] == c).mean()), 3) for c in choices}
+    out: dict[str, Any] = {"n": n, "answers_with": dist, "answers_without": dist_without,
+                           "changed_rate": round(float(df["changed"].mean()), 3)}
+    metas = [json.loads(m) for m in df["meta"]]
+    if metas and "hint_letter" in metas[0]:
+        hint = np.array([m["hint_letter"] for m in metas])
+        out["hint_follow_rate"] = round(float((df["answer"].to_numpy() == hint).mean()), 3)
+        changed = df["changed"].to_numpy()
+        out["changed_to_hint_rate"] = round(float((df["answer"].to_numpy()[changed] == hint[changed]).mean()), 3) if changed.any() else None
+    if df["gold"].notna().all():
+        out["accuracy_with"] = round(float((df["answer"] == df["gold"]).mean()), 3)
+        out["accuracy_without"] = round(float((df["answer_without"] == df["gold"]).mean()), 3)
+    return out

@@ -1,0 +1,176 @@
+"""`introspect` command line: one subcommand per stage, plus `demo`.
+
+Every stage prints what it read, what it wrote and its throughput; bad input exits with code 2 and a message that
+says what to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import behavior, labels, metrics
+from .config import DATA_ENV, UserError, data_root, read_jsonl, seed_everything, write_jsonl
+from .models import list_models, load_model
+from .tasks import TASKS, get_task
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    for name, desc in list_models():
+        print(f"{name:<24} {desc}")
+
+
+def _task_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if args.task_format:
+        opts["format"] = args.task_format
+    return opts
+
+
+def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
+    seed_everything(args.seed)
+    task = get_task(args.task, **_task_options(args))
+    root = data_root(args.data_root)
+    pairs = task.pairs(root, args.split, args.n, args.seed)
+    print(f"[sample] read {len(pairs)} {task.name} pairs from {root} (split {args.split}, seed {args.seed})")
+    loaded = load_model(args.model, seed=args.seed)
+    print(f"[sample] model {loaded.model_id} (weights {loaded.weights_hash}), precision {args.precision}")
+    df, stats = behavior.sample_behavior(loaded.model, loaded.tokenizer, task, pairs, batch_size=args.batch_size,
+                                         precision=args.precision, share_prefix=not args.no_share_prefix)
+    meta = behavior.table_meta(model_id=loaded.model_id, weights_hash=loaded.weights_hash, task=task, pairs=pairs,
+                               seed=args.seed, split=args.split, precision=args.precision)
+    behavior.write_table(args.out, df, meta)
+    print(f"[sample] {stats.line()}")
+    print(f"[sample] wrote {args.out}")
+    summary = behavior.summarize(df, task.choices)
+    summary["pairs_per_s"] = round(stats.pairs / stats.seconds, 2)
+    summary["tokens_per_s"] = round(stats.tokens / stats.seconds)
+    return summary
+
+
+def cmd_label(args: argparse.Namespace) -> None:
+    df, meta = behavior.read_table(args.behavior)
+    task = behavior.task_of(meta)
+    print(f"[label] read {len(df)} rows of B({meta['model_id']}) from {args.behavior}")
+    lab = labels.make_labels(df, task, meta)
+    if args.noise:
+        lab = labels.add_noise(lab, args.noise, args.noise_seed, task.choices, task.tag)
+    out_meta = {**meta, "labels_from": args.behavior, "label_noise": args.noise, "noise_seed": args.noise_seed}
+    behavior.write_table(args.out, lab, out_meta)
+    print(f"[label] {len(lab)} labels ({lab['changed'].mean():.1%} changed, {int(lab['noisy'].sum())} noisy) "
+          f"-> wrote {args.out}")
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """Predictions JSONL: one object per line with "pair_id" (str) and "text" (the raw explanation)."""
+    rows = read_jsonl(path)
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r, dict) or not isinstance(r.get("pair_id"), str) or not isinstance(r.get("text"), str):
+            raise UserError(f"{path}: record {i} needs string fields \"pair_id\" and \"text\"")
+    return pd.DataFrame(rows, columns=["pair_id", "text"])
+
+
+def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
+    gold, meta = behavior.read_table(args.gold)
+    pred = read_predictions(args.pred)
+    unknown = sorted(set(pred["pair_id"]) - set(gold["pair_id"]))
+    if unknown:
+        raise UserError(f"{args.pred}: {len(unknown)} pair_id(s) not in {args.gold}, e.g. {unknown[0]!r}")
+    missing = sorted(set(gold["pair_id"]) - set(pred["pair_id"]))
+    if missing and not args.allow_missing:
+        raise UserError(f"{args.pred}: no prediction for {len(missing)} gold item(s), e.g. {missing[0]!r} "
+                        f"(pass --allow-missing to score them as unparseable)")
+    merged = gold.merge(pred, on="pair_id", how="left").fillna({"text": ""})
+    it = metrics.items(merged["text"].tolist(), merged["changed"], merged["letter"], meta["choices"])
+    result = metrics.score(it, seed=args.seed, n_boot=args.n_boot)
+    print(f"[score] {len(pred)} predictions from {args.pred} against {args.gold}")
+    print(metrics.format_table(result))
+    if args.out:
+        write_jsonl(args.out, [result])
+        print(f"[score] wrote {args.out}")
+    return result
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    run = Path(args.run_dir)
+    t0 = time.time()
+    ns = argparse.Namespace(model=args.model, task="hint-mmlu", task_format=None, split=args.split, n=args.n,
+                            seed=args.seed, data_root=args.data_root, precision=args.precision,
+                            batch_size=args.batch_size, no_share_prefix=False, out=str(run / "behavior.parquet"))
+    summary = cmd_sample(ns)
+    cmd_label(argparse.Namespace(behavior=ns.out, out=str(run / "labels.parquet"), noise=0.0, noise_seed=0))
+    print("\n=== demo summary: B(M0) on Hint-MMLU ===")
+    print(f"model {args.model}, {summary['n']} pairs from MMLU {args.split}")
+    print("answer distribution with hint:    " + "  ".join(f"{k} {v:.0%}" for k, v in summary["answers_with"].items()))
+    print("answer distribution without hint: " + "  ".join(f"{k} {v:.0%}" for k, v in summary["answers_without"].items()))
+    print(f"changed rate {summary['changed_rate']:.1%}   hint-follow rate {summary['hint_follow_rate']:.1%}   "
+          f"accuracy with/without hint {summary['accuracy_with']:.1%} / {summary['accuracy_without']:.1%}")
+    print(f"throughput {summary['pairs_per_s']} pairs/s, {summary['tokens_per_s']} tokens/s; "
+          f"total {time.time() - t0:.0f}s; outputs in {run}/")
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m-instruct", help="registry name, local dir or hub id (see `introspect models`)")
+    p.add_argument("--split", default="val", help="data split, e.g. val, dev, test, val+dev")
+    p.add_argument("--n", type=int, default=200, help="number of pairs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per forward")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="introspect", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("models", help="list known models").set_defaults(fn=cmd_models)
+
+    p = sub.add_parser("sample", help="behaviour of a model on both sides of every pair -> BehaviorTable")
+    _add_common(p)
+    p.add_argument("--task", default="hint-mmlu", choices=sorted(TASKS))
+    p.add_argument("--task-format", default=None, help="task prompt format (hint-mmlu: dot, paren, ...)")
+    p.add_argument("--no-share-prefix", action="store_true", help="run x and x∖C as separate prompts")
+    p.add_argument("--out", required=True, help="output Parquet path")
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("label", help="explanation labels E(M) from a BehaviorTable")
+    p.add_argument("--behavior", required=True, help="BehaviorTable Parquet (any model's)")
+    p.add_argument("--out", required=True, help="output Parquet path")
+    p.add_argument("--noise", type=float, default=0.0, help="fraction of labels to corrupt (see labels.add_noise)")
+    p.add_argument("--noise-seed", type=int, default=0)
+    p.set_defaults(fn=cmd_label)
+
+    p = sub.add_parser("score", help="score explanations (JSONL: pair_id, text) against labels")
+    p.add_argument("--pred", required=True, help='JSONL, one {"pair_id": ..., "text": ...} per line')
+    p.add_argument("--gold", required=True, help="labels Parquet from `introspect label`")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--allow-missing", action="store_true")
+    p.add_argument("--out", default=None, help="write the metrics JSONL here")
+    p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("demo", help="sample + label on Hint-MMLU with the bundled SmolLM2, then a summary")
+    _add_common(p)
+    p.add_argument("--run-dir", default="runs/demo")
+    p.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except UserError as e:
+        print(f"introspect {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

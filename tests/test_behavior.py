@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from introspect import behavior
+from introspect.config import UserError
+from introspect.models import Loaded, render_prompt
+from introspect.tasks import get_task
+
+
+def _direct(model, ids, choice_ids):
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    return torch.log_softmax(logits.float(), -1)[choice_ids].numpy()
+
+
+@pytest.mark.parametrize("fmt", ["paren", "dot"])
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_choice_scores_equal_direct_logits(tiny: Loaded, data_dir: Path, fmt: str, share_prefix: bool) -> None:
+    task = get_task("hint-mmlu", format=fmt)
+    pairs = task.pairs(data_dir, "val", 7, seed=1)
+    a, b = behavior.encode_pairs(tiny.tokenizer, task, pairs)
+    cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+    res = behavior.score_pairs(tiny.model, a, b, cids, pad_id=tiny.tokenizer.pad_token_id, batch_size=3,
+                               precision="fp32", share_prefix=share_prefix)
+    for i in range(len(pairs)):
+        np.testing.assert_allclose(res["logp"][i], _direct(tiny.model, a[i], cids), atol=1e-4)
+        np.testing.assert_allclose(res["logp_without"][i], _direct(tiny.model, b[i], cids), atol=1e-4)
+
+
+def test_bf16_close_to_fp32(tiny: Loaded, data_dir: Path) -> None:
+    task = get_task("hint-mmlu")
+    pairs = task.pairs(data_dir, "val", 5, seed=0)
+    a, b = behavior.encode_pairs(tiny.tokenizer, task, pairs)
+    cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+    kw = dict(pad_id=tiny.tokenizer.pad_token_id, batch_size=4)
+    f32 = behavior.score_pairs(tiny.model, a, b, cids, precision="fp32", **kw)
+    b16 = behavior.score_pairs(tiny.model, a, b, cids, precision="bf16", **kw)
+    np.testing.assert_allclose(b16["logp"], f32["logp"], atol=0.1)
+    assert not np.allclose(b16["logp"], f32["logp"], atol=1e-7)  # bf16 really ran
+
+
+def test_hint_is_the_only_difference_in_tokens(tiny: Loaded, data_dir: Path) -> None:
+    task = get_task("hint-mmlu")
+    p = task.pairs(data_dir, "val", 1, seed=0)[0]
+    x = render_prompt(tiny.tokenizer, p.messages, task.assistant_prefix)
+    xc = render_prompt(tiny.tokenizer, p.messages_without, task.assistant_prefix)
+    assert x.replace("\n" + p.feature, "", 1) == xc and x.endswith(task.assistant_prefix)
+
+
+def test_sample_table_round_trip(tiny: Loaded, data_dir: Path, tmp_path: Path) -> None:
+    task = get_task("hint-mmlu")
+    pairs = task.pairs(data_dir, "val", 6, seed=0)
+    df, stats = behavior.sample_behavior(tiny.model, tiny.tokenizer, task, pairs, precision="fp32", progress=False)
+    assert stats.pairs == 6 and stats.tokens > 0
+    assert (df["changed"] == (df["answer"] != df["answer_without"])).all()
+    for col in ("probs", "probs_without"):
+        probs = np.array(df[col].tolist())
+        np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+        assert (np.array(task.choices)[probs.argmax(1)] == df["answer" if col == "probs" else "answer_without"]).all()
+    meta = behavior.table_meta(model_id="tiny-random", weights_hash=tiny.weights_hash, task=task, pairs=pairs,
+                               seed=0, split="val", precision="fp32")
+    behavior.write_table(tmp_path / "b.parquet", df, meta)
+    back, meta2 = behavior.read_table(tmp_path / "b.parquet")
+    assert meta2 == meta
+    lists = ["probs", "probs_without"]
+    assert back.drop(columns=lists).equals(df.drop(columns=lists))
+    np.testing.assert_allclose(np.array(back["probs"].tolist()), np.array(df["probs"].tolist()))
+    assert behavior.task_of(meta2).spec() == task.spec()
+    s = behavior.summarize(df, task.choices)
+    assert s["n"] == 6 and abs(sum(s["answers_without"].values()) - 1) < 1e-6 and 0 <= s["hint_follow_rate"] <= 1
+
+
+def test_multi_token_choice_rejected(tiny: Loaded) -> None:
+    with pytest.raises(UserError, match="must be one"):
+        behavior.choice_token_ids(tiny.tokenizer, [" Absolutely not", " B"])
+
+
+def test_bad_precision(tiny: Loaded) -> None:
+    with pytest.raises(UserError, match="--precision"):
+        behavior.score_prompts(tiny.model, [[1, 2, 3]], [5, 6], pad_id=0, precision="fp8")
+
+
+def test_read_missing_table(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="introspect sample"):
+        behavior.read_table(tmp_path / "nope.parquet")

