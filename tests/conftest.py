@@ -35,9 +35,13 @@ def write_mmlu(root: Path, split: str = "val", subjects: dict[str, list[list[str
     return root
 
 
+DEV = {"misc": [["Dev q%d?" % i, "w", "x", "y", "z", "ABCDDCBA"[i]] for i in range(8)]}
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_mmlu(tmp_path_factory.mktemp("data"))
+    root = write_mmlu(tmp_path_factory.mktemp("data"))
+    return write_mmlu(root, "dev", DEV)
 
 
 @pytest.fixture(scope="session")

@@ -86,3 +86,17 @@ def test_bad_precision(tiny: Loaded) -> None:
 def test_read_missing_table(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="introspect sample"):
         behavior.read_table(tmp_path / "nope.parquet")
+
+
+def test_verify_margin_rescores_near_ties_in_fp32(tiny: Loaded, data_dir: Path) -> None:
+    task = get_task("hint-mmlu")
+    pairs = task.pairs(data_dir, "val", 6, seed=0)
+    a, b = behavior.encode_pairs(tiny.tokenizer, task, pairs)
+    cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+    kw = dict(pad_id=tiny.tokenizer.pad_token_id, batch_size=4)
+    f32 = behavior.score_pairs(tiny.model, a, b, cids, precision="fp32", **kw)
+    every = behavior.score_pairs(tiny.model, a, b, cids, precision="bf16", verify_margin=1e9, **kw)
+    assert list(every["verified"]) == list(range(6))  # all pairs are "close" at a huge margin: all fp32
+    np.testing.assert_allclose(every["logp"], f32["logp"], atol=1e-5)
+    none = behavior.score_pairs(tiny.model, a, b, cids, precision="bf16", verify_margin=1e-12, **kw)
+    assert len(none["verified"]) == 0

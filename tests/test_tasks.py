@@ -69,3 +69,14 @@ def test_unknown_task_and_format() -> None:
         get_task("nope")
     with pytest.raises(UserError, match="choose one of"):
         get_task("hint-mmlu", format="nope")
+
+
+def test_fewshot_shows_balanced_solved_dev_questions(data_dir: Path) -> None:
+    task = get_task("hint-mmlu", format="paren-4shot")
+    p = task.pairs(data_dir, "val", 3, seed=0)[0]
+    assistant = [m["content"] for m in p.messages if m["role"] == "assistant"]
+    assert assistant == ["Answer: (A)", "Answer: (B)", "Answer: (C)", "Answer: (D)"]
+    assert p.messages[:-1] == p.messages_without[:-1]
+    pairs = task.pairs(data_dir, "dev", 4, seed=0)  # shots are never also pairs
+    shot_questions = {m["content"].split("\n")[0] for m in p.messages[1:-1] if m["role"] == "user"}
+    assert not shot_questions & {q["content"].split("\n")[0] for x in pairs for q in x.messages[-1:]}

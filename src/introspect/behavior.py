@@ -31,6 +31,7 @@ from .models import render_prompt
 from .tasks import Pair, Task
 
 META_KEY = b"introspect"
+VERIFY_MARGIN = 0.1  # bf16 near-ties closer than this (nats) are re-scored in fp32; see docs/benchmarks.md
 
 
 def choice_token_ids(tokenizer: Any, continuations: Sequence[str]) -> list[int]:
@@ -114,6 +115,11 @@ def score_prompts(model: Any, prompts: Sequence[Sequence[int]], choice_ids: list
     return out, top
 
 
+def _margin(logp: np.ndarray) -> np.ndarray:
+    top2 = np.sort(logp, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the shared token prefix, leaving at least one token of each side to score."""
     n = 0
@@ -126,14 +132,28 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 @torch.no_grad()
 def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]],
                 choice_ids: list[int], *, pad_id: int, batch_size: int = 8, precision: str = "bf16",
-                share_prefix: bool = True, progress: bool = False) -> dict[str, np.ndarray]:
+                share_prefix: bool = True, verify_margin: float = 0.0, progress: bool = False) -> dict[str, np.ndarray]:
     """Choice log-probs on both sides of every pair.
+
+    `verify_margin` > 0 (bf16 only): pairs whose top-two choice log-probs on either side are closer than this are
+    re-scored in fp32, so near-ties are decided exactly as an fp32 model decides them.
 
     With `share_prefix`, three nested segments run once each: the prefix common to every prompt (system turn),
     once for the whole set; each pair's common prefix (question and options), once per pair; then the two
     suffixes (feature + end of turn) on top of a copy of the pair's KV cache.
     """
     n = len(with_c)
+    if verify_margin > 0 and precision == "bf16":
+        res = score_pairs(model, with_c, without_c, choice_ids, pad_id=pad_id, batch_size=batch_size,
+                          precision="bf16", share_prefix=share_prefix, progress=progress)
+        close = np.flatnonzero((_margin(res["logp"]) < verify_margin) | (_margin(res["logp_without"]) < verify_margin))
+        if len(close):
+            exact = score_pairs(model, [with_c[i] for i in close], [without_c[i] for i in close], choice_ids,
+                                pad_id=pad_id, batch_size=batch_size, precision="fp32", share_prefix=share_prefix)
+            for key in res:
+                res[key][close] = exact[key]
+        res["verified"] = close
+        return res
     if not share_prefix:
         logp, top = score_prompts(model, [*with_c, *without_c], choice_ids, pad_id=pad_id,
                                   batch_size=2 * batch_size, precision=precision, progress=progress)
@@ -180,7 +200,7 @@ def encode_pairs(tokenizer: Any, task: Task, pairs: Sequence[Pair]) -> tuple[lis
 
 
 def sample_behavior(model: Any, tokenizer: Any, task: Task, pairs: Sequence[Pair], *, batch_size: int = 8,
-                    precision: str = "bf16", share_prefix: bool = True,
+                    precision: str = "bf16", share_prefix: bool = True, verify_margin: float = VERIFY_MARGIN,
                     progress: bool = True) -> tuple[pd.DataFrame, SampleStats]:
     """B(M) on every pair: one row per pair with answers and choice distributions on both sides."""
     choice_ids = choice_token_ids(tokenizer, task.continuations)
@@ -189,7 +209,7 @@ def sample_behavior(model: Any, tokenizer: Any, task: Task, pairs: Sequence[Pair
     was_training = model.training
     model.eval()
     res = score_pairs(model, with_c, without_c, choice_ids, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
-                      precision=precision, share_prefix=share_prefix, progress=progress)
+                      precision=precision, share_prefix=share_prefix, verify_margin=verify_margin, progress=progress)
     model.train(was_training)
     stats = SampleStats(len(pairs), sum(map(len, with_c)) + sum(map(len, without_c)), time.perf_counter() - t0)
     choices = np.array(task.choices)

@@ -42,7 +42,8 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
     loaded = load_model(args.model, seed=args.seed)
     print(f"[sample] model {loaded.model_id} (weights {loaded.weights_hash}), precision {args.precision}")
     df, stats = behavior.sample_behavior(loaded.model, loaded.tokenizer, task, pairs, batch_size=args.batch_size,
-                                         precision=args.precision, share_prefix=not args.no_share_prefix)
+                                         precision=args.precision, share_prefix=not args.no_share_prefix,
+                                         verify_margin=args.verify_margin)
     meta = behavior.table_meta(model_id=loaded.model_id, weights_hash=loaded.weights_hash, task=task, pairs=pairs,
                                seed=args.seed, split=args.split, precision=args.precision)
     behavior.write_table(args.out, df, meta)
@@ -102,7 +103,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     t0 = time.time()
     ns = argparse.Namespace(model=args.model, task="hint-mmlu", task_format=None, split=args.split, n=args.n,
                             seed=args.seed, data_root=args.data_root, precision=args.precision,
-                            batch_size=args.batch_size, no_share_prefix=False, out=str(run / "behavior.parquet"))
+                            batch_size=args.batch_size, no_share_prefix=False, verify_margin=args.verify_margin,
+                            out=str(run / "behavior.parquet"))
     summary = cmd_sample(ns)
     cmd_label(argparse.Namespace(behavior=ns.out, out=str(run / "labels.parquet"), noise=0.0, noise_seed=0))
     print("\n=== demo summary: B(M0) on Hint-MMLU ===")
@@ -124,6 +126,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--batch-size", type=int, default=8, help="pairs per forward")
+    p.add_argument("--verify-margin", type=float, default=behavior.VERIFY_MARGIN,
+                   help="bf16 near-ties closer than this (nats) are re-scored in fp32; 0 turns it off")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ class Format:
     assistant_prefix: str
     continuation: str  # the scored token after the prefix, from {letter}
     system: str | None  # None: the chat template's default system turn
+    shots: int = 0  # solved MMLU dev questions shown first as earlier chat turns (answers A, B, C, D in turn)
 
 
 FORMATS: dict[str, Format] = {
@@ -34,6 +35,8 @@ FORMATS: dict[str, Format] = {
     "paren": Format("({letter}) {text}", "Answer: (", "{letter}", SYSTEM),
     "dot-nosys": Format("{letter}. {text}", "Answer:", " {letter}", None),
     "paren-nosys": Format("({letter}) {text}", "Answer: (", "{letter}", None),
+    "dot-4shot": Format("{letter}. {text}", "Answer:", " {letter}", SYSTEM, shots=4),
+    "paren-4shot": Format("({letter}) {text}", "Answer: (", "{letter}", SYSTEM, shots=4),
 }
 DEFAULT_FORMAT = "paren"
 
@@ -108,12 +111,29 @@ class HintMMLU(Task):
         opts = "\n".join(self.fmt.option.format(letter=c, text=t) for c, t in zip(LETTERS, row.options))
         return f"{row.question}\n\n{opts}"
 
-    def _messages(self, user: str) -> list[dict[str, str]]:
+    def shots(self, data_root: Path) -> list[Row]:
+        """The few-shot examples: the first dev rows (files in name order) answered A, B, C, D, cycling."""
+        if not self.fmt.shots:
+            return []
+        dev = load_mmlu(data_root, "dev")
+        picked: list[Row] = []
+        for k in range(self.fmt.shots):
+            want = LETTERS[k % len(LETTERS)]
+            picked.append(next(r for r in dev if r.answer == want and r not in picked))
+        return picked
+
+    def _messages(self, user: str, shots: list[Row]) -> list[dict[str, str]]:
         sys = [{"role": "system", "content": self.fmt.system}] if self.fmt.system else []
-        return [*sys, {"role": "user", "content": user}]
+        demo = []
+        for r in shots:
+            answer = self.fmt.assistant_prefix + self.fmt.continuation.format(letter=r.answer)
+            answer += ")" if self.fmt.assistant_prefix.endswith("(") else ""
+            demo += [{"role": "user", "content": self.user_prompt(r)}, {"role": "assistant", "content": answer}]
+        return [*sys, *demo, {"role": "user", "content": user}]
 
     def pairs(self, data_root: Path, split: str, n: int, seed: int) -> list[Pair]:
-        rows = load_mmlu(data_root, split, self.subjects)
+        shots = self.shots(data_root)
+        rows = [r for r in load_mmlu(data_root, split, self.subjects) if r not in shots]
         rng = random.Random(seed)
         if n > len(rows):
             raise UserError(f"asked for {n} pairs but split {split!r} has {len(rows)} rows (flag --n)")
@@ -124,8 +144,8 @@ class HintMMLU(Task):
             user = self.user_prompt(row)
             out.append(Pair(
                 id=f"{row.split}/{row.subject}/{row.index}",
-                messages=self._messages(user + hint),
-                messages_without=self._messages(user),
+                messages=self._messages(user + hint, shots),
+                messages_without=self._messages(user, shots),
                 feature=hint.strip(),
                 choices=LETTERS,
                 gold=row.answer,
