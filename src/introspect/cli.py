@@ -98,6 +98,28 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import load_config, train
+
+    path = args.config or args.config_path
+    if not path:
+        raise UserError("introspect train needs a config: --config configs/NAME.yaml (or the path as the first argument)")
+    cfg = load_config(path, _parse_overrides(args.set))
+    train(cfg, resume=args.resume)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     run = Path(args.run_dir)
     t0 = time.time()
@@ -158,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing", action="store_true")
     p.add_argument("--out", default=None, help="write the metrics JSONL here")
     p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("train", help="coupling training from a YAML config (see configs/)")
+    p.add_argument("config_path", nargs="?", help="the YAML config (same as --config; use this form under "
+                   "`accelerate launch`, whose own --config_file would swallow --config)")
+    p.add_argument("--config", default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override top-level config keys")
+    p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("demo", help="sample + label on Hint-MMLU with the bundled SmolLM2, then a summary")
     _add_common(p)

@@ -1,0 +1,280 @@
+"""Coupling training: explanation SFT on fixed labels + behavioural KL to M0 + optional concurrent objective.
+
+Read top to bottom: load data and model -> wrap (LoRA or full) -> accelerate.prepare -> (resume) -> for each step:
+draw this step's examples from (seed, step), compute the weighted losses, step the optimiser, log, probe, save.
+
+Data parallel: `accelerate launch --multi_gpu --num_processes 2 -m introspect.cli train --config C` runs two CPU
+processes over gloo (accelerate's MULTI_CPU); each takes every other example of the step's draw.
+A step's draw depends only on (seed, step), so a resumed run sees exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .. import behavior
+from ..behavior import _left_pad, choice_token_ids, encode_pairs, read_table, task_of
+from ..config import UserError, seed_everything, stable_hash
+from ..models import load_model, render_prompt
+from ..tasks import Pair
+from . import objectives
+from .config import TrainConfig, to_dict
+
+KILL_ENV = "INTROSPECT_KILL_AFTER_STEP"  # tests: SIGKILL this process right after the given optimiser step
+
+
+def pairs_from_table(df: Any, task: Any) -> list[Pair]:
+    return [Pair(r.pair_id, json.loads(r.messages), json.loads(r.messages_without), r.feature, tuple(task.choices),
+                 r.gold, json.loads(r.meta)) for r in df.itertuples(index=False)]
+
+
+def encode_explanations(tok: Any, labels: Any, max_length: int, where: str) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) per example: the explanation prompt, then target + end-of-turn; loss on the latter only."""
+    out = []
+    for r in labels.itertuples(index=False):
+        prompt = behavior.encode(tok, render_prompt(tok, json.loads(r.prompt)))
+        target = behavior.encode(tok, r.target + tok.eos_token)
+        if len(prompt) + len(target) > max_length:
+            raise UserError(f"{where}: explanation example {r.pair_id} is {len(prompt) + len(target)} tokens, over "
+                            f"max_length={max_length} (config key max_length)")
+        out.append((prompt + target, [objectives.IGNORE] * len(prompt) + target))
+    return out
+
+
+def _left_pad_examples(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Left-pad (ids, labels) so every target ends at the last column."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    lab = torch.full((len(examples), width), objectives.IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (x, y) in enumerate(examples):
+        ids[i, width - len(x):], lab[i, width - len(y):], mask[i, width - len(x):] = torch.tensor(x), torch.tensor(y), 1
+    return ids, lab, mask
+
+
+def choice_logprobs(model: Any, prompts: Sequence[Sequence[int]], choice_ids: list[int], pad_id: int) -> torch.Tensor:
+    """log p(choice) renormalised over the choices at each prompt's answer position, with gradient [B, C]."""
+    ids, mask = _left_pad(prompts, pad_id)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+    return torch.log_softmax(logits[:, choice_ids].float(), dim=-1)
+
+
+def explanation_loss(model: Any, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Explanation CE with the LM head run only over the target span, not the prompt.
+
+    Rows are left-padded, so every target ends at the last column and the last `span` positions cover all of them
+    (`logits_to_keep`, through the model's own forward, so DDP and peft wrappers stay in the loop).
+    """
+    is_target = labels != objectives.IGNORE
+    span = int((is_target.shape[1] - is_target.int().argmax(1)).max())  # longest target, in tokens
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=span + 1).logits[:, :-1]
+    targets = labels[:, -span:]  # logits[:, j] (position T-span-1+j) predicts token T-span+j
+    keep = targets != objectives.IGNORE
+    return objectives.explanation(logits=logits[keep], targets=targets[keep])
+
+
+def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int], list[int]]],
+                with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]], p_m0: np.ndarray,
+                p_m0_without: np.ndarray, choice_ids: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """The weighted terms for one micro-batch; a term with weight 0 is not computed (no forward, no gradient)."""
+    w = cfg.weights
+    losses: dict[str, torch.Tensor] = {}
+    if w.explanation > 0 and expl:
+        ids, lab, mask = _left_pad_examples(expl, pad_id)
+        losses["explanation"] = explanation_loss(model, ids, lab, mask)
+    if (w.behavior_kl > 0 or w.sycophancy_reduction > 0) and with_c:
+        prompts = [p for pair in zip(with_c, without_c) for p in pair]  # rows 2i: x, 2i+1: x∖C
+        logp = choice_logprobs(model, prompts, choice_ids, pad_id)
+        ref = torch.tensor(np.stack([p_m0, p_m0_without], axis=1).reshape(len(prompts), -1), dtype=torch.float32)
+        if w.behavior_kl > 0:
+            losses["behavior_kl"] = objectives.behavior_kl(logp=logp, p_m0=ref)
+        if w.sycophancy_reduction > 0:
+            losses["sycophancy_reduction"] = objectives.sycophancy_reduction(logp_hinted=logp[0::2], p_no_hint=ref[1::2])
+    return losses
+
+
+def draw(seed: int, step: int, n_expl: int, n_pairs: int, k_expl: int, k_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """This step's example indices: a function of (seed, step) only."""
+    rng = np.random.default_rng([seed, step])
+    return rng.choice(n_expl, k_expl, replace=k_expl > n_expl), rng.choice(n_pairs, k_pairs, replace=k_pairs > n_pairs)
+
+
+def probe(model: Any, tok: Any, task: Any, pairs: list[Pair], m0: Any, labels: Any) -> dict[str, float]:
+    """Re-sample B(M_t) on the probe pairs: drift from M0 and agreement of the fixed labels with current behaviour."""
+    df, _ = behavior.sample_behavior(model, tok, task, pairs, progress=False)
+    drift = (df["answer"].to_numpy() != m0["answer"].to_numpy()) | (df["answer_without"].to_numpy() != m0["answer_without"].to_numpy())
+    agree = (df["changed"].to_numpy() == labels["changed"].to_numpy()) & (df["answer_without"].to_numpy() == labels["letter"].to_numpy())
+    return {"drift": float(drift.mean()), "agreement": float(agree.mean()), "changed_rate": float(df["changed"].mean())}
+
+
+def last_checkpoint(ckdir: Path) -> Path | None:
+    """The newest complete checkpoint (a finished one is renamed into place, so a half-written one never matches)."""
+    done = sorted(p for p in ckdir.glob("step_*") if (p / "meta.json").is_file())
+    return done[-1] if done else None
+
+
+def save_checkpoint(acc: Accelerator, model: Any, opt: Any, sched: Any, ckdir: Path, step: int, meta: dict[str, Any]) -> Path:
+    final = ckdir / f"step_{step:06d}"
+    if acc.is_main_process:
+        tmp = ckdir / f".step_{step:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        acc.unwrap_model(model).save_pretrained(tmp)
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}, tmp / "trainer_state.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+    acc.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(acc: Accelerator, model: Any, opt: Any, sched: Any, path: Path, finetune: str) -> int:
+    inner = acc.unwrap_model(model)
+    if finetune == "lora":
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(inner, load_file(path / "adapter_model.safetensors"))
+    else:
+        missing, unexpected = inner.load_state_dict(load_file(path / "model.safetensors"), strict=False)
+        if unexpected or any("lm_head" not in k for k in missing):
+            raise UserError(f"{path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        inner.tie_weights()
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+def wrap(model: Any, cfg: TrainConfig) -> Any:
+    if cfg.finetune == "full":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lc = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                    target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lc)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
+    """Run (or resume) training; returns the output directory."""
+    acc = Accelerator(cpu=True, mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    seed_everything(cfg.seed)
+    out = Path(cfg.out_dir)
+    ckdir = out / "checkpoints"
+    say = acc.print
+
+    beh, beh_meta = read_table(cfg.behavior)
+    lab, lab_meta = read_table(cfg.labels)
+    task = task_of(beh_meta)
+    missing = sorted(set(lab["pair_id"]) - set(beh["pair_id"]))
+    if missing:
+        raise UserError(f"{cfg.labels}: {len(missing)} labelled pair(s) are not in {cfg.behavior} (config keys labels/behavior), e.g. {missing[0]}")
+    beh = beh.set_index("pair_id").loc[lab["pair_id"]].reset_index()  # align rows: pair i is label i
+    if beh_meta["model_id"] != cfg.model:
+        raise UserError(f"config key model is {cfg.model!r} but {cfg.behavior} holds B({beh_meta['model_id']}): "
+                        f"the regulariser needs M0's own behaviour")
+    loaded = load_model(cfg.model, seed=cfg.seed, hash_weights=False)
+    tok = loaded.tokenizer
+    pairs = pairs_from_table(beh, task)
+    with_c, without_c = encode_pairs(tok, task, pairs)
+    expl = encode_explanations(tok, lab, cfg.max_length, cfg.labels)
+    p_m0, p_m0_without = np.array(beh["probs"].tolist()), np.array(beh["probs_without"].tolist())
+    choice_ids = choice_token_ids(tok, task.continuations)
+    data_hashes = {"behavior": stable_hash(beh_meta), "labels": stable_hash([lab_meta, lab["target"].tolist()])}
+    world, rank = acc.num_processes, acc.process_index
+    for key in ("explanation_per_step", "behavior_per_step"):
+        if getattr(cfg, key) % (world * cfg.grad_accum):
+            raise UserError(f"config key {key}={getattr(cfg, key)} must divide by processes x grad_accum = {world * cfg.grad_accum}")
+
+    model = wrap(loaded.model, cfg)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    say(f"[train] {len(expl)} explanation examples, {len(pairs)} behaviour pairs ({task.name}); "
+        f"{cfg.finetune} with {sum(p.numel() for p in params) / 1e6:.2f}M trainable params; {world} process(es)")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_scheduler(cfg.schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+    model, opt = acc.prepare(model, opt)
+
+    start = 0
+    metrics_path = out / "metrics.jsonl"
+    if resume and (ck := last_checkpoint(ckdir)) is not None:
+        start = load_checkpoint(acc, model, opt, sched, ck, cfg.finetune)
+        say(f"[train] resumed from {ck} (step {start})")
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        kept = [ln for ln in (metrics_path.read_text().splitlines() if metrics_path.exists() and start else [])
+                if ln.strip().startswith("{") and ln.rstrip().endswith("}") and json.loads(ln)["step"] <= start]
+        metrics_path.write_text("".join(ln + "\n" for ln in kept))
+
+    n_probe = min(cfg.probe_pairs, len(pairs))
+    kill_at = int(os.environ.get(KILL_ENV, "0"))
+    t_start, tokens_seen = time.time(), 0
+    bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, desc="train", disable=not acc.is_main_process)
+    for step in bar:
+        t0 = time.time()
+        e_idx, p_idx = draw(cfg.seed, step, len(expl), len(pairs), cfg.explanation_per_step, cfg.behavior_per_step)
+        e_idx, p_idx = e_idx[rank::world], p_idx[rank::world]
+        totals: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            e_mb, p_mb = e_idx[micro::cfg.grad_accum], p_idx[micro::cfg.grad_accum]
+            sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext()
+            with sync, acc.autocast():
+                losses = step_losses(model, cfg=cfg, expl=[expl[i] for i in e_mb], with_c=[with_c[i] for i in p_mb],
+                                     without_c=[without_c[i] for i in p_mb], p_m0=p_m0[p_mb],
+                                     p_m0_without=p_m0_without[p_mb], choice_ids=choice_ids, pad_id=tok.pad_token_id)
+                loss = sum(getattr(cfg.weights, k) * v for k, v in losses.items()) / cfg.grad_accum
+                acc.backward(loss)
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            tokens_seen += sum(len(expl[i][0]) for i in e_mb) + sum(len(with_c[i]) + len(without_c[i]) for i in p_mb)
+        grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+
+        logged = {k: float(acc.reduce(torch.tensor(v), reduction="mean")) for k, v in sorted(totals.items())}
+        row: dict[str, Any] = {"step": step, **logged, "total": sum(getattr(cfg.weights, k) * v for k, v in logged.items()),
+                               "grad_norm": round(grad_norm, 4), "lr": sched.get_last_lr()[0],
+                               "sec_per_step": round(time.time() - t0, 3),
+                               "tokens_per_s": round(tokens_seen * world / (time.time() - t_start), 1)}
+        if cfg.probe_every and (step % cfg.probe_every == 0 or step == cfg.steps):
+            if acc.is_main_process:
+                row.update(probe(acc.unwrap_model(model), tok, task, pairs[:n_probe], beh.iloc[:n_probe], lab.iloc[:n_probe]))
+                if row["agreement"] < cfg.agreement_warn:
+                    say(f"[train] warning: step {step}: fixed labels agree with current behaviour on {row['agreement']:.0%} "
+                        f"of probe pairs, below agreement_warn={cfg.agreement_warn:.0%}: coupling may not hold")
+            acc.wait_for_everyone()
+            model.train()
+        if acc.is_main_process:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            bar.set_postfix({k: round(v, 4) for k, v in logged.items()})
+            if step % 10 == 0 or "agreement" in row:
+                say(f"[train] step {step}/{cfg.steps} " + " ".join(f"{k} {v:.4f}" for k, v in logged.items())
+                    + f" | {row['sec_per_step']:.2f}s/step {row['tokens_per_s']:.0f} tok/s"
+                    + (f" | drift {row['drift']:.2f} agreement {row['agreement']:.2f}" if "agreement" in row else ""))
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            meta = {"step": step, "config": to_dict(cfg), "losses": logged, "data_hashes": data_hashes,
+                    "model_id": cfg.model, "task": beh_meta["task"], "task_options": beh_meta["task_options"]}
+            save_checkpoint(acc, model, opt, sched, ckdir, step, meta)
+        if kill_at and step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    say(f"[train] done: {cfg.steps} steps in {time.time() - t_start:.0f}s; checkpoints in {ckdir}, metrics in {metrics_path}")
+    return out

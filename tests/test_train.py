@@ -1,0 +1,156 @@
+"""Training on the tiny model: loss goes down, λ=0 has no regulariser gradient, SIGKILL + resume, 2 processes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from introspect import behavior, labels
+from introspect.models import Loaded
+from introspect.tasks import get_task
+from introspect.train import LossWeights, TrainConfig
+from introspect.train import trainer as T
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def tables(tiny: Loaded, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("tables")
+    task = get_task("hint-mmlu")
+    pairs = task.pairs(data_dir, "val", 8, seed=0)
+    df, _ = behavior.sample_behavior(tiny.model, tiny.tokenizer, task, pairs, precision="fp32", progress=False)
+    meta = behavior.table_meta(model_id="tiny-random", weights_hash=tiny.weights_hash, task=task, pairs=pairs,
+                               seed=0, split="val", precision="fp32")
+    behavior.write_table(out / "behavior.parquet", df, meta)
+    behavior.write_table(out / "labels.parquet", labels.make_labels(df, task, meta), meta)
+    return out / "behavior.parquet", out / "labels.parquet"
+
+
+def _cfg(tables: tuple[Path, Path], out: Path, **kw) -> TrainConfig:
+    base = dict(behavior=str(tables[0]), labels=str(tables[1]), out_dir=str(out), model="tiny-random", steps=6,
+                lr=5e-3, warmup_steps=0, schedule="constant", explanation_per_step=4, behavior_per_step=4,
+                checkpoint_every=2, probe_every=3, probe_pairs=4, precision="fp32")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_explanation_loss_ignores_prompt_tokens(tiny: Loaded, tables) -> None:
+    lab, _ = behavior.read_table(tables[1])
+    expl = T.encode_explanations(tiny.tokenizer, lab, 768, "labels")[:3]
+    ids, labels_, mask = T._left_pad_examples(expl, tiny.tokenizer.pad_token_id)
+    with torch.no_grad():
+        loss = T.explanation_loss(tiny.model, ids, labels_, mask)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logp = torch.log_softmax(tiny.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits, -1)
+    terms = [-logp[b, t - 1, labels_[b, t]] for b in range(3) for t in range(1, ids.shape[1]) if labels_[b, t] != -100]
+    n_prompt = sum(1 for b in range(3) for t in range(ids.shape[1]) if mask[b, t] and labels_[b, t] == -100)
+    assert n_prompt > 5 * len(terms)  # most tokens are prompt, and they are not in the loss
+    assert torch.isclose(loss, torch.stack(terms).mean(), atol=1e-5)
+    target_text = tiny.tokenizer.decode([t for t in labels_[0].tolist() if t != -100])
+    assert target_text == lab["target"][0] + tiny.tokenizer.eos_token
+
+
+def test_five_steps_lower_explanation_loss(tables, tmp_path: Path) -> None:
+    cfg = _cfg(tables, tmp_path, steps=5, explanation_per_step=8, behavior_per_step=0, probe_every=0,
+               finetune="full", lr=1e-2, weights=LossWeights(explanation=1.0, behavior_kl=0.0))
+    T.train(cfg)
+    rows = _metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # every step sees all 8 examples: a fixed set
+    assert rows[-1]["explanation"] < rows[0]["explanation"] - 1.0
+    assert (tmp_path / "checkpoints" / "step_000005" / "meta.json").is_file()
+    assert (tmp_path / "checkpoints" / "step_000005" / "meta.json").is_file()
+
+
+def test_lambda_zero_removes_regulariser_gradient(tiny: Loaded, tables) -> None:
+    lab, _ = behavior.read_table(tables[1])
+    beh, meta = behavior.read_table(tables[0])
+    task = behavior.task_of(meta)
+    a, b = behavior.encode_pairs(tiny.tokenizer, task, T.pairs_from_table(beh, task))
+    expl = T.encode_explanations(tiny.tokenizer, lab, 768, "labels")
+    cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+
+    def grads(weights: LossWeights, p_shift: float = 0.0) -> list[torch.Tensor]:
+        tiny.model.zero_grad()
+        p = np.array(beh["probs"].tolist())[:4]
+        q = np.array(beh["probs_without"].tolist())[:4]
+        cfg = _cfg(tables, Path("unused"), weights=weights)
+        losses = T.step_losses(tiny.model, cfg=cfg, expl=expl[:4], with_c=a[:4], without_c=b[:4],
+                               p_m0=np.roll(p, 1, axis=1) if p_shift else p, p_m0_without=q, choice_ids=cids,
+                               pad_id=tiny.tokenizer.pad_token_id)
+        sum(getattr(weights, k) * v for k, v in losses.items()).backward()
+        return [x.grad.clone() for x in tiny.model.parameters()]
+
+    only = grads(LossWeights(explanation=1.0, behavior_kl=0.0))
+    zero = grads(LossWeights(explanation=1.0, behavior_kl=0.0, sycophancy_reduction=0.0), p_shift=1.0)
+    with_kl = grads(LossWeights(explanation=1.0, behavior_kl=1.0), p_shift=1.0)
+    assert all(torch.equal(x, y) for x, y in zip(only, zero))
+    assert any(not torch.allclose(x, y) for x, y in zip(only, with_kl))
+    tiny.model.zero_grad()
+
+
+def _run_cli(cfg: TrainConfig, *extra: str, env: dict | None = None, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    path = Path(cfg.out_dir).with_suffix(".yaml")
+    path.write_text(yaml.safe_dump({k: v for k, v in vars(cfg).items() if k not in ("lora", "weights")}))
+    cmd = (launcher or [sys.executable]) + ["-m", "introspect.cli", "train", str(path), *extra]
+    return subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tables, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "full"
+    res = _run_cli(_cfg(tables, out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_sigkill_and_resume_matches_uninterrupted(tables, uninterrupted: Path, tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    cfg = _cfg(tables, out)
+    killed = _run_cli(cfg, env={T.KILL_ENV: "3"})
+    assert killed.returncode == -9  # really died by SIGKILL after step 3
+    assert T.last_checkpoint(out / "checkpoints").name == "step_000002"
+    (out / "checkpoints" / ".step_000004.tmp").mkdir()  # a half-written checkpoint must be ignored
+    assert T.last_checkpoint(out / "checkpoints").name == "step_000002"
+    resumed = _run_cli(cfg, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    final_a = load_file(out / "checkpoints" / "step_000006" / "adapter_model.safetensors")
+    final_b = load_file(uninterrupted / "checkpoints" / "step_000006" / "adapter_model.safetensors")
+    assert final_a.keys() == final_b.keys()
+    for k in final_a:
+        torch.testing.assert_close(final_a[k], final_b[k], atol=1e-6, rtol=1e-5)
+    steps = [r["step"] for r in _metrics(out)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    ref = _metrics(uninterrupted)
+    for a, b in zip(_metrics(out), ref):
+        assert abs(a["explanation"] - b["explanation"]) < 1e-5
+    assert "agreement" in ref[2] and 0 <= ref[2]["agreement"] <= 1  # the probe ran at step 3
+
+
+def test_two_process_accelerate_matches_one_process(tables, uninterrupted: Path, tmp_path: Path) -> None:
+    if not (VENV_BIN / "accelerate").exists():
+        pytest.skip("accelerate CLI not installed next to this python")
+    out = tmp_path / "ddp"
+    launcher = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no"]
+    res = _run_cli(_cfg(tables, out), launcher=launcher, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 process(es)" in res.stdout + res.stderr
+    ddp, one = _metrics(out), _metrics(uninterrupted)
+    assert [r["step"] for r in ddp] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(ddp, one):
+        assert abs(a["explanation"] - b["explanation"]) < 0.05 * abs(b["explanation"])
+        assert abs(a["behavior_kl"] - b["behavior_kl"]) < 0.05 * abs(b["behavior_kl"]) + 1e-3
