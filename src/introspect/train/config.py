@@ -44,6 +44,7 @@ class TrainConfig:
     explanation_per_step: int = 4  # explanation examples in one optimiser step (across all processes)
     behavior_per_step: int = 4  # training pairs in one optimiser step for behaviour losses (x and x∖C each)
     grad_accum: int = 1  # micro-batches per optimiser step (each process)
+    pack: bool = True  # run each pair's explanation, x and x∖C as one prefix tree (same losses, fewer tokens)
     finetune: str = "lora"  # lora | full
     lora: LoraSpec = field(default_factory=LoraSpec)
     weights: LossWeights = field(default_factory=LossWeights)

@@ -66,42 +66,98 @@ def _left_pad_examples(examples: Sequence[tuple[list[int], list[int]]], pad_id: 
     return ids, lab, mask
 
 
+def _positions(mask: torch.Tensor, offset: torch.Tensor | int = 0) -> torch.Tensor:
+    return offset + (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _target_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed CE over the target tokens of left-padded rows, given logits for the last span+1 positions."""
+    span = logits.shape[1] - 1
+    targets = labels[:, labels.shape[1] - span:]  # logits[:, j] predicts the token one column later
+    keep = targets != objectives.IGNORE
+    n = int(keep.sum())
+    return objectives.explanation(logits=logits[:, :-1][keep], targets=targets[keep]) * n, n
+
+
+def _span(labels: torch.Tensor) -> int:
+    is_target = labels != objectives.IGNORE
+    return int((is_target.shape[1] - is_target.int().argmax(1)).max())  # longest target, in tokens
+
+
+def explanation_terms(model: Any, examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, int]:
+    """Explanation CE (summed, count) with the LM head run only over the target span, not the prompt.
+
+    Rows are left-padded, so every target ends at the last column (`logits_to_keep`, through the model's own
+    forward, so DDP and peft wrappers stay in the loop).
+    """
+    ids, labels, mask = _left_pad_examples(examples, pad_id)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                   logits_to_keep=_span(labels) + 1).logits
+    return _target_ce(logits, labels)
+
+
 def choice_logprobs(model: Any, prompts: Sequence[Sequence[int]], choice_ids: list[int], pad_id: int) -> torch.Tensor:
     """log p(choice) renormalised over the choices at each prompt's answer position, with gradient [B, C]."""
     ids, mask = _left_pad(prompts, pad_id)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=1).logits[:, -1]
     return torch.log_softmax(logits[:, choice_ids].float(), dim=-1)
 
 
-def explanation_loss(model: Any, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Explanation CE with the LM head run only over the target span, not the prompt.
+def packed_terms(model: Any, examples: Sequence[tuple[list[int], list[int]]], with_c: Sequence[Sequence[int]],
+                 without_c: Sequence[Sequence[int]], choice_ids: list[int], pad_id: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Explanation CE and behaviour log-probs of the *same* pairs in one prefix tree.
 
-    Rows are left-padded, so every target ends at the last column and the last `span` positions cover all of them
-    (`logits_to_keep`, through the model's own forward, so DDP and peft wrappers stay in the loop).
+    The explanation prompt, x and x∖C of a pair share their start (system turn, question, options), so it runs
+    once, with gradient, and its KV cache feeds three branches: explanation rest + target, x rest, x∖C rest.
+    Returns (CE sum, target count, choice log-probs [2B, C] in rows x, x∖C, x, x∖C, ...).
     """
-    is_target = labels != objectives.IGNORE
-    span = int((is_target.shape[1] - is_target.int().argmax(1)).max())  # longest target, in tokens
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=span + 1).logits[:, :-1]
-    targets = labels[:, -span:]  # logits[:, j] (position T-span-1+j) predicts token T-span+j
-    keep = targets != objectives.IGNORE
-    return objectives.explanation(logits=logits[keep], targets=targets[keep])
+    roots = [min(behavior.common_prefix(e, x), behavior.common_prefix(e, xc), len(e) - len([t for t in lab if t != objectives.IGNORE]) - 1)
+             for (e, lab), x, xc in zip(examples, with_c, without_c)]
+    ids, mask = _left_pad([e[:r] for (e, _), r in zip(examples, roots)], pad_id)
+    cache = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
+                  logits_to_keep=1).past_key_values
+    cache.batch_repeat_interleave(3)  # rows 3i: explanation, 3i+1: x, 3i+2: x∖C
+    branches = [(seq[r:], lab) for (e, lab), x, xc, r in zip(examples, with_c, without_c, roots)
+                for seq, lab in ((e, lab[r:]), (x, []), (xc, []))]
+    b_ids, b_labels, b_mask = _left_pad_examples(branches, pad_id)
+    full_mask = torch.cat([mask.repeat_interleave(3, dim=0), b_mask], dim=1)
+    pos = _positions(b_mask, mask.sum(-1, keepdim=True).repeat_interleave(3, dim=0))
+    logits = model(input_ids=b_ids, attention_mask=full_mask, position_ids=pos, past_key_values=cache,
+                   logits_to_keep=_span(b_labels) + 1).logits
+    ce_sum, n = _target_ce(logits[0::3], b_labels[0::3])
+    rows = torch.stack([logits[1::3, -1], logits[2::3, -1]], dim=1).flatten(0, 1)
+    return ce_sum, n, torch.log_softmax(rows[:, choice_ids].float(), dim=-1)
 
 
 def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int], list[int]]],
                 with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]], p_m0: np.ndarray,
-                p_m0_without: np.ndarray, choice_ids: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """The weighted terms for one micro-batch; a term with weight 0 is not computed (no forward, no gradient)."""
+                p_m0_without: np.ndarray, choice_ids: list[int], pad_id: int, packed: int = 0) -> dict[str, torch.Tensor]:
+    """The loss terms for one micro-batch; a term with weight 0 is not computed (no forward, no gradient).
+
+    The first `packed` explanation examples are of the same pairs as the first `packed` behaviour pairs and run
+    in one prefix tree (`packed_terms`); the rest run as plain batches.
+    """
     w = cfg.weights
+    want_expl = w.explanation > 0 and len(expl) > 0
+    want_beh = (w.behavior_kl > 0 or w.sycophancy_reduction > 0) and len(with_c) > 0
+    packed = packed if want_expl and want_beh else 0
+    ce_sum, n_tok, logps = torch.zeros(()), 0, []
+    if packed:
+        s, n, lp = packed_terms(model, expl[:packed], with_c[:packed], without_c[:packed], choice_ids, pad_id)
+        ce_sum, n_tok = ce_sum + s, n_tok + n
+        logps.append(lp)
+    if want_expl and len(expl) > packed:
+        s, n = explanation_terms(model, expl[packed:], pad_id)
+        ce_sum, n_tok = ce_sum + s, n_tok + n
+    if want_beh and len(with_c) > packed:
+        prompts = [p for pair in zip(with_c[packed:], without_c[packed:]) for p in pair]  # rows 2i: x, 2i+1: x∖C
+        logps.append(choice_logprobs(model, prompts, choice_ids, pad_id))
     losses: dict[str, torch.Tensor] = {}
-    if w.explanation > 0 and expl:
-        ids, lab, mask = _left_pad_examples(expl, pad_id)
-        losses["explanation"] = explanation_loss(model, ids, lab, mask)
-    if (w.behavior_kl > 0 or w.sycophancy_reduction > 0) and with_c:
-        prompts = [p for pair in zip(with_c, without_c) for p in pair]  # rows 2i: x, 2i+1: x∖C
-        logp = choice_logprobs(model, prompts, choice_ids, pad_id)
-        ref = torch.tensor(np.stack([p_m0, p_m0_without], axis=1).reshape(len(prompts), -1), dtype=torch.float32)
+    if want_expl:
+        losses["explanation"] = ce_sum / n_tok
+    if want_beh:
+        logp = torch.cat(logps)
+        ref = torch.tensor(np.stack([p_m0, p_m0_without], axis=1).reshape(len(logp), -1), dtype=torch.float32)
         if w.behavior_kl > 0:
             losses["behavior_kl"] = objectives.behavior_kl(logp=logp, p_m0=ref)
         if w.sycophancy_reduction > 0:
@@ -109,10 +165,16 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
     return losses
 
 
-def draw(seed: int, step: int, n_expl: int, n_pairs: int, k_expl: int, k_pairs: int) -> tuple[np.ndarray, np.ndarray]:
-    """This step's example indices: a function of (seed, step) only."""
+def draw(seed: int, step: int, n: int, k_expl: int, k_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """This step's explanation and behaviour pair indices, a function of (seed, step) only.
+
+    Behaviour pairs start with the explanation pairs (so they can share one forward) and add fresh ones if more
+    are asked for.
+    """
     rng = np.random.default_rng([seed, step])
-    return rng.choice(n_expl, k_expl, replace=k_expl > n_expl), rng.choice(n_pairs, k_pairs, replace=k_pairs > n_pairs)
+    e_idx = rng.choice(n, k_expl, replace=k_expl > n)
+    extra = rng.choice(n, max(k_pairs - k_expl, 0), replace=k_pairs - k_expl > n)
+    return e_idx, np.concatenate([e_idx[:k_pairs], extra]).astype(int)
 
 
 def probe(model: Any, tok: Any, task: Any, pairs: list[Pair], m0: Any, labels: Any) -> dict[str, float]:
@@ -229,7 +291,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, desc="train", disable=not acc.is_main_process)
     for step in bar:
         t0 = time.time()
-        e_idx, p_idx = draw(cfg.seed, step, len(expl), len(pairs), cfg.explanation_per_step, cfg.behavior_per_step)
+        e_idx, p_idx = draw(cfg.seed, step, len(pairs), cfg.explanation_per_step, cfg.behavior_per_step)
         e_idx, p_idx = e_idx[rank::world], p_idx[rank::world]
         totals: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
@@ -238,7 +300,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
             with sync, acc.autocast():
                 losses = step_losses(model, cfg=cfg, expl=[expl[i] for i in e_mb], with_c=[with_c[i] for i in p_mb],
                                      without_c=[without_c[i] for i in p_mb], p_m0=p_m0[p_mb],
-                                     p_m0_without=p_m0_without[p_mb], choice_ids=choice_ids, pad_id=tok.pad_token_id)
+                                     p_m0_without=p_m0_without[p_mb], choice_ids=choice_ids, pad_id=tok.pad_token_id,
+                                     packed=min(len(e_mb), len(p_mb)) if cfg.pack else 0)  # draw() aligns them
                 loss = sum(getattr(cfg.weights, k) * v for k, v in losses.items()) / cfg.grad_accum
                 acc.backward(loss)
             for k, v in losses.items():
