@@ -101,7 +101,7 @@ def main() -> None:
     res, dt = timed(lambda: score_pairs(model, a, b, cids, precision="bf16", share_prefix=True,
                                         verify_margin=args.verify_margin, **kw))
     record("ours", [*letters[res["logp"].argmax(1)], *letters[res["logp_without"].argmax(1)]], dt)
-    print(f"  ({len(res.get('verified', []))} pairs re-scored in fp32 at margin < {args.verify_margin})")
+    print(f"  ({len(res.get('verified', []))} of {len(prompts)} prompts re-scored in fp32 at margin < {args.verify_margin})")
     res, dt = timed(lambda: score_pairs(model, a, b, cids, precision="bf16", share_prefix=True, **kw))
     record("ours_bf16_unverified", [*letters[res["logp"].argmax(1)], *letters[res["logp_without"].argmax(1)]], dt)
     if "noshare" not in args.skip:

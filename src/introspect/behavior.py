@@ -135,8 +135,9 @@ def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence
                 share_prefix: bool = True, verify_margin: float = 0.0, progress: bool = False) -> dict[str, np.ndarray]:
     """Choice log-probs on both sides of every pair.
 
-    `verify_margin` > 0 (bf16 only): pairs whose top-two choice log-probs on either side are closer than this are
-    re-scored in fp32, so near-ties are decided exactly as an fp32 model decides them.
+    `verify_margin` > 0 (bf16 only): prompts whose top-two choice log-probs are closer than this are re-scored in
+    fp32 (the whole pair when both sides are close), so near-ties are decided as an fp32 model decides them.
+    `verified` lists the re-scored prompts (i for x, n + i for x∖C).
 
     With `share_prefix`, three nested segments run once each: the prefix common to every prompt (system turn),
     once for the whole set; each pair's common prefix (question and options), once per pair; then the two
@@ -146,13 +147,22 @@ def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence
     if verify_margin > 0 and precision == "bf16":
         res = score_pairs(model, with_c, without_c, choice_ids, pad_id=pad_id, batch_size=batch_size,
                           precision="bf16", share_prefix=share_prefix, progress=progress)
-        close = np.flatnonzero((_margin(res["logp"]) < verify_margin) | (_margin(res["logp_without"]) < verify_margin))
-        if len(close):
-            exact = score_pairs(model, [with_c[i] for i in close], [without_c[i] for i in close], choice_ids,
+        res["verified"] = np.zeros(0, dtype=int)
+        close_a, close_b = _margin(res["logp"]) < verify_margin, _margin(res["logp_without"]) < verify_margin
+        both = np.flatnonzero(close_a & close_b)  # both sides: re-score the pair (shares its prefix)
+        if len(both):
+            exact = score_pairs(model, [with_c[i] for i in both], [without_c[i] for i in both], choice_ids,
                                 pad_id=pad_id, batch_size=batch_size, precision="fp32", share_prefix=share_prefix)
-            for key in res:
-                res[key][close] = exact[key]
-        res["verified"] = close
+            for key in ("logp", "logp_without", "top", "top_without"):
+                res[key][both] = exact[key]
+        one_a, one_b = np.flatnonzero(close_a & ~close_b), np.flatnonzero(close_b & ~close_a)  # one side: that prompt
+        if len(one_a) + len(one_b):
+            lp, top = score_prompts(model, [with_c[i] for i in one_a] + [without_c[i] for i in one_b], choice_ids,
+                                    pad_id=pad_id, batch_size=2 * batch_size, precision="fp32")
+            k = len(one_a)
+            res["logp"][one_a], res["top"][one_a] = lp[:k], top[:k]
+            res["logp_without"][one_b], res["top_without"][one_b] = lp[k:], top[k:]
+        res["verified"] = np.concatenate([both, both + n, one_a, one_b + n])  # prompt index: i (x) or n + i (x∖C)
         return res
     if not share_prefix:
         logp, top = score_prompts(model, [*with_c, *without_c], choice_ids, pad_id=pad_id,

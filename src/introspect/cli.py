@@ -120,6 +120,29 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(cfg, resume=args.resume)
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    from .pipeline import load_run_config, run
+
+    run(load_run_config(args.config, _parse_overrides(args.set)))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .pipeline import config_of_run, stage_evaluate
+
+    cfg = config_of_run(args.run_dir)
+    if args.checkpoints:
+        cfg.evaluate.checkpoints = args.checkpoints
+    stage_evaluate(cfg)
+    print(f"[evaluate] wrote {cfg.path('eval', 'results.json')}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    path = write_report(Path(args.run_dir))
+    print(f"[report] wrote {path}, {Path(args.run_dir) / 'summary.md'} and {Path(args.run_dir) / 'figures'}/")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     run = Path(args.run_dir)
     t0 = time.time()
@@ -188,6 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override top-level config keys")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("run", help="sample -> label -> train -> evaluate -> report from one YAML (skips current stages)")
+    p.add_argument("config")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override top-level config keys")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("evaluate", help="Self vs Orig for M0 and every checkpoint of a run (cached, resumable)")
+    p.add_argument("run_dir")
+    p.add_argument("--checkpoints", nargs="*", type=int, default=None, help="steps to evaluate (default: all)")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("report", help="report.html, summary.md and figures/ for an evaluated run")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("demo", help="sample + label on Hint-MMLU with the bundled SmolLM2, then a summary")
     _add_common(p)

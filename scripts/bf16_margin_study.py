@@ -1,0 +1,56 @@
+"""How close must two choices be before bf16 may flip them? Chooses behavior.VERIFY_MARGIN.
+
+    python scripts/bf16_margin_study.py --n 200 --out docs/bf16_margin_study.json
+
+Scores the same prompts in bf16 and fp32 (shared-prefix path) and reports, per threshold t, how many prompts have a
+bf16 top-two margin below t (these would be re-scored in fp32) and the answer agreement with fp32 afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from introspect.behavior import choice_token_ids, encode_pairs, score_pairs
+from introspect.config import data_root, write_jsonl
+from introspect.models import load_model
+from introspect.tasks import get_task
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--task-format", default="paren")
+    ap.add_argument("--out", default="docs/bf16_margin_study.json")
+    args = ap.parse_args()
+    loaded = load_model("smollm2-135m-instruct", hash_weights=False)
+    task = get_task("hint-mmlu", format=args.task_format)
+    pairs = task.pairs(data_root(), "val", args.n, 0)
+    a, b = encode_pairs(loaded.tokenizer, task, pairs)
+    cids = choice_token_ids(loaded.tokenizer, task.continuations)
+    kw = dict(pad_id=loaded.tokenizer.pad_token_id)
+    r16 = score_pairs(loaded.model, a, b, cids, precision="bf16", **kw)
+    r32 = score_pairs(loaded.model, a, b, cids, precision="fp32", **kw)
+    l16 = np.concatenate([r16["logp"], r16["logp_without"]])
+    l32 = np.concatenate([r32["logp"], r32["logp_without"]])
+    top2 = np.sort(l16, 1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    err = np.abs((l16 - l16.max(1, keepdims=True)) - (l32 - l32.max(1, keepdims=True))).max(1)
+    rows = []
+    for t in (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2):
+        close = margin < t
+        final = np.where(close, l32.argmax(1), l16.argmax(1))
+        rows.append({"threshold": t, "prompts_rescored": int(close.sum()), "share_rescored": round(float(close.mean()), 3),
+                     "agreement_with_fp32": round(float((final == l32.argmax(1)).mean()), 4)})
+        print(rows[-1])
+    summary = {"format": args.task_format, "n_prompts": len(l16), "median_abs_logp_error": round(float(np.median(err)), 4),
+               "p95_abs_logp_error": round(float(np.percentile(err, 95)), 4),
+               "flipped_margins_fp32": sorted(round(float(m), 4) for m, f in zip(margin, l16.argmax(1) != l32.argmax(1)) if f),
+               "thresholds": rows}
+    print(summary)
+    write_jsonl(args.out, [summary])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Self vs Orig on hand-built drift, evaluation caching/resume, the report, and one tiny end-to-end run."""
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from introspect import evaluate, pipeline
+from introspect.labels import target_text
+from introspect.metrics import METRICS
+
+from conftest import write_mmlu
+
+
+def _beh(answers: list[str], answers_without: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"pair_id": [f"p{i}" for i in range(len(answers))], "answer": answers,
+                         "answer_without": answers_without, "changed": [a != b for a, b in zip(answers, answers_without)]})
+
+
+def test_self_and_orig_on_hand_built_drift() -> None:
+    n, drifted = 20, [3, 7, 11, 15]
+    m0 = _beh(["B"] * n, ["C"] * 10 + ["B"] * 10)  # changed on the first ten
+    now_with, now_without = list(m0["answer"]), list(m0["answer_without"])
+    for i in drifted:  # behaviour drifted: the answer without the hint moved to D
+        now_without[i] = "D"
+    now = _beh(now_with, now_without)
+    texts = [target_text(a != b, b) for a, b in zip(now_with, now_without)]  # explanations follow current behaviour
+    res, items = evaluate.compare(texts, now, m0, "ABCD", seed=0, n_boot=500)
+    assert res["n_label_differs"] == 4 and res["drift"] == pytest.approx(4 / n) and res["agreement"] == pytest.approx(16 / n)
+    assert res["self"]["exact_match"]["value"] == 1.0
+    assert res["orig"]["exact_match"]["value"] == pytest.approx(16 / n)
+    assert res["self_minus_orig"]["exact_match"]["value"] == pytest.approx(4 / n)
+    d = res["self_minus_orig_on_differing"]["exact_match"]
+    assert d["value"] == 1.0 and d["ci"] == [1.0, 1.0]
+    assert list(np.flatnonzero(items["label_differs"])) == drifted
+    again, _ = evaluate.compare(texts, now, m0, "ABCD", seed=0, n_boot=500)
+    assert again == res  # bootstrap CIs are deterministic by seed
+    other, _ = evaluate.compare(texts, now, m0, "ABCD", seed=1, n_boot=500)
+    assert other["self_minus_orig"]["exact_match"]["ci"] != res["self_minus_orig"]["exact_match"]["ci"]
+    # copying the fixed labels instead would score Orig 1 and Self 16/20
+    copy, _ = evaluate.compare([target_text(c, l) for c, l in zip(m0["changed"], m0["answer_without"])], now, m0, "ABCD", seed=0, n_boot=100)
+    assert copy["orig"]["exact_match"]["value"] == 1.0 and copy["self"]["exact_match"]["value"] == pytest.approx(16 / n)
+    assert res["strata"]["self_changed"]["n"] + res["strata"]["self_unchanged"]["n"] == n
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    data = write_mmlu(root / "data")
+    write_mmlu(data, "test", {"misc": [[f"Test question {i}?", "a", "b", "c", "d", "ABCD"[i % 4]] for i in range(6)]})
+    cfg = {"run_dir": str(root / "run"), "model": "tiny-random", "data_root": str(data), "train_split": "val",
+           "train_n": 8, "precision": "fp32",
+           "train": {"steps": 2, "checkpoint_every": 1, "probe_every": 0, "explanation_per_step": 4,
+                     "behavior_per_step": 4, "precision": "fp32", "lr": 1e-3},
+           "evaluate": {"split": "test", "n": 6, "n_boot": 200, "max_new_tokens": 12}}
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def test_run_end_to_end_and_report(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from introspect import cli
+
+    assert cli.main(["run", str(tiny_run / "cfg.yaml")]) == 0
+    out = capsys.readouterr().out
+    run = tiny_run / "run"
+    assert "Report:" in out and "Self−Orig" in out
+    res = json.loads((run / "eval" / "results.json").read_text())
+    assert sorted(int(s) for s in res["checkpoints"]) == [0, 1, 2]
+    assert set(res["baselines"]) == {"majority", "copy_orig", "nearest", "zero_shot", "few_shot"}
+    assert res["baselines"]["copy_orig"]["orig"]["exact_match"]["value"] == 1.0
+    for png in (run / "figures").glob("*.png"):
+        head = png.read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n"
+        w, h = struct.unpack(">II", head[16:24])
+        assert w > 100 and h > 100
+    assert {p.name for p in (run / "figures").glob("*.png")} == {"self_vs_orig.png", "drift_agreement.png", "losses.png"}
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3
+    md = (run / "summary.md").read_text()
+    for m in METRICS:
+        assert f"## {m}" in md
+        for step, r in res["checkpoints"].items():
+            assert f"| {step} | {r['self'][m]['value']:.3f} [" in md or np.isnan(r["self"][m]["value"])
+    # a repeated run skips every stage
+    assert cli.main(["run", str(tiny_run / "cfg.yaml")]) == 0
+    again = capsys.readouterr().out
+    assert "skip sampling" in again and "skip labelling" in again and "skip training" in again
+    assert again.count("cached") == 3
+
+
+def test_evaluate_resumes_without_recomputing(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tiny_run / "run"
+    cfg = pipeline.config_of_run(run)
+    cfg.evaluate.baselines = False
+    (run / "eval" / "step_000002" / "result.json").unlink()  # as if killed before the last checkpoint finished
+    calls = []
+    real = evaluate.evaluate_one
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate_one", counting)
+    res = pipeline.stage_evaluate(cfg)
+    assert len(calls) == 1 and sorted(res["checkpoints"]) == ["0", "1", "2"]
+
+
+def test_run_config_errors(tmp_path: Path) -> None:
+    from introspect.config import UserError
+
+    bad = tmp_path / "c.yaml"
+    bad.write_text("run_dir: x\nmodle: y\n")
+    with pytest.raises(UserError, match="unknown key.*modle"):
+        pipeline.load_run_config(bad)
+    bad.write_text("run_dir: x\ntrain: {stpes: 3}\n")
+    with pytest.raises(UserError, match="stpes"):
+        pipeline.load_run_config(bad)
+    bad.write_text("run_dir: x\ntrain: {out_dir: y}\n")
+    with pytest.raises(UserError, match="train.out_dir"):
+        pipeline.load_run_config(bad)
+    bad.write_text("run_dir: [x\n")
+    with pytest.raises(UserError, match=r"c\.yaml:\d+: invalid YAML"):
+        pipeline.load_run_config(bad)
