@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--split", default="val")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--task-format", default=None)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--verify-margin", type=float, default=VERIFY_MARGIN)
     ap.add_argument("--skip", nargs="*", default=[], help="methods to skip: ancestor lm_eval fp32 noshare")
     ap.add_argument("--out", default="benchmarks/results/bench_sampling.json")

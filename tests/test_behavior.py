@@ -13,7 +13,8 @@ from introspect.tasks import get_task
 def _direct(model, ids, choice_ids):
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, -1]
-    return torch.log_softmax(logits.float(), -1)[choice_ids].numpy()
+    logp = torch.log_softmax(logits.float(), -1)
+    return torch.stack([torch.logsumexp(logp[g], 0) for g in choice_ids]).numpy()
 
 
 @pytest.mark.parametrize("fmt", ["paren", "dot"])
@@ -70,7 +71,18 @@ def test_sample_table_round_trip(tiny: Loaded, data_dir: Path, tmp_path: Path) -
     np.testing.assert_allclose(np.array(back["probs"].tolist()), np.array(df["probs"].tolist()))
     assert behavior.task_of(meta2).spec() == task.spec()
     s = behavior.summarize(df, task.choices)
-    assert s["n"] == 6 and abs(sum(s["answers_without"].values()) - 1) < 1e-6 and 0 <= s["hint_follow_rate"] <= 1
+    assert s["n"] == 6 and abs(sum(s["answers_without"].values()) - 1) < 1e-6 and 0 <= s["follow_rate"] <= 1
+
+
+def test_choice_groups_sum_alternatives(tiny: Loaded) -> None:
+    groups = behavior.choice_token_ids(tiny.tokenizer, [(" Sure", " Yes"), " No"])
+    assert len(groups) == 2 and len(groups[0]) == 2
+    logits = torch.randn(3, len(tiny.tokenizer))
+    scores = behavior.group_logits(torch.log_softmax(logits, -1), groups).exp()
+    p = torch.softmax(logits, -1)
+    torch.testing.assert_close(scores[:, 0], p[:, groups[0]].sum(-1))
+    with pytest.raises(UserError, match="same token"):
+        behavior.choice_token_ids(tiny.tokenizer, [(" Yes", " No"), " No"])
 
 
 def test_multi_token_choice_rejected(tiny: Loaded) -> None:

@@ -31,21 +31,34 @@ from .models import render_prompt
 from .tasks import Pair, Task
 
 META_KEY = b"introspect"
-VERIFY_MARGIN = 0.1  # bf16 near-ties closer than this (nats) are re-scored in fp32; see docs/benchmarks.md
+VERIFY_MARGIN = 0.02  # bf16 near-ties closer than this (nats) are re-scored in fp32; see docs/benchmarks.md
 
 
-def choice_token_ids(tokenizer: Any, continuations: Sequence[str]) -> list[int]:
-    """Token id of each continuation; each must be exactly one token and all must differ."""
-    ids = []
+Groups = list[list[int]]
+
+
+def choice_token_ids(tokenizer: Any, continuations: Sequence[str | Sequence[str]]) -> Groups:
+    """Token ids of each choice's continuations: a choice is one string or a tuple of alternative strings (its
+    probability is the sum over them). Every string must be exactly one token, and no token may serve two choices."""
+    groups: Groups = []
     for c in continuations:
-        toks = tokenizer.encode(c, add_special_tokens=False)
-        if len(toks) != 1:
-            raise UserError(f"choice continuation {c!r} is {len(toks)} tokens for this tokenizer; it must be one "
-                            f"(change the task's prompt format)")
-        ids.append(toks[0])
-    if len(set(ids)) != len(ids):
+        ids = []
+        for alt in ([c] if isinstance(c, str) else c):
+            toks = tokenizer.encode(alt, add_special_tokens=False)
+            if len(toks) != 1:
+                raise UserError(f"choice continuation {alt!r} is {len(toks)} tokens for this tokenizer; it must be one "
+                                f"(change the task's prompt format)")
+            ids.append(toks[0])
+        groups.append(ids)
+    flat = [i for g in groups for i in g]
+    if len(set(flat)) != len(flat):
         raise UserError(f"choice continuations {list(continuations)} map to the same token")
-    return ids
+    return groups
+
+
+def group_logits(logits: torch.Tensor, groups: Groups) -> torch.Tensor:
+    """Per-choice scores [B, C] = logsumexp of the choice's token logits (the plain logit for one-token choices)."""
+    return torch.stack([torch.logsumexp(logits[..., g], dim=-1) for g in groups], dim=-1)
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -71,7 +84,7 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def _head_logprobs(model: Any, hidden: torch.Tensor, choice_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _head_logprobs(model: Any, hidden: torch.Tensor, choice_ids: Groups) -> tuple[np.ndarray, np.ndarray]:
     """LM head in fp32 at the answer position: choice log-probs over the full vocabulary [B, C], vocab argmax [B].
 
     The head runs outside autocast: bf16 logits (spacing 0.125 near 20) would tie close choices.
@@ -80,7 +93,7 @@ def _head_logprobs(model: Any, hidden: torch.Tensor, choice_ids: list[int]) -> t
     with torch.autocast("cpu", enabled=False):
         logits = hidden.float() @ weight.float().T
     logp = torch.log_softmax(logits, dim=-1)
-    return logp[:, choice_ids].numpy(), logits.argmax(-1).numpy()
+    return group_logits(logp, choice_ids).numpy(), logits.argmax(-1).numpy()
 
 
 def _extend(model: Any, segments: Sequence[Sequence[int]], pad_id: int, cache: Any = None,
@@ -101,8 +114,8 @@ def _batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
 
 
 @torch.no_grad()
-def score_prompts(model: Any, prompts: Sequence[Sequence[int]], choice_ids: list[int], *, pad_id: int,
-                  batch_size: int = 8, precision: str = "bf16", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def score_prompts(model: Any, prompts: Sequence[Sequence[int]], choice_ids: Groups, *, pad_id: int,
+                  batch_size: int = 4, precision: str = "bf16", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Choice log-probs [N, C] and vocab argmax [N] at the last position of each prompt (length-bucketed batches)."""
     out = np.zeros((len(prompts), len(choice_ids)), dtype=np.float32)
     top = np.zeros(len(prompts), dtype=np.int64)
@@ -131,7 +144,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 @torch.no_grad()
 def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]],
-                choice_ids: list[int], *, pad_id: int, batch_size: int = 8, precision: str = "bf16",
+                choice_ids: Groups, *, pad_id: int, batch_size: int = 4, precision: str = "bf16",
                 share_prefix: bool = True, verify_margin: float = 0.0, progress: bool = False) -> dict[str, np.ndarray]:
     """Choice log-probs on both sides of every pair.
 
@@ -209,7 +222,7 @@ def encode_pairs(tokenizer: Any, task: Task, pairs: Sequence[Pair]) -> tuple[lis
     return a, b
 
 
-def sample_behavior(model: Any, tokenizer: Any, task: Task, pairs: Sequence[Pair], *, batch_size: int = 8,
+def sample_behavior(model: Any, tokenizer: Any, task: Task, pairs: Sequence[Pair], *, batch_size: int = 4,
                     precision: str = "bf16", share_prefix: bool = True, verify_margin: float = VERIFY_MARGIN,
                     progress: bool = True) -> tuple[pd.DataFrame, SampleStats]:
     """B(M) on every pair: one row per pair with answers and choice distributions on both sides."""
@@ -302,11 +315,12 @@ def summarize(df: pd.DataFrame, choices: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n, "answers_with": dist, "answers_without": dist_without,
                            "changed_rate": round(float(df["changed"].mean()), 3)}
     metas = [json.loads(m) for m in df["meta"]]
-    if metas and "hint_letter" in metas[0]:
-        hint = np.array([m["hint_letter"] for m in metas])
-        out["hint_follow_rate"] = round(float((df["answer"].to_numpy() == hint).mean()), 3)
+    if metas and all("feature_answer" in m for m in metas):  # the answer C argues for (hint letter, stance)
+        pushed = np.array([m["feature_answer"] for m in metas])
         changed = df["changed"].to_numpy()
-        out["changed_to_hint_rate"] = round(float((df["answer"].to_numpy()[changed] == hint[changed]).mean()), 3) if changed.any() else None
+        out["follow_rate"] = round(float((df["answer"].to_numpy() == pushed).mean()), 3)
+        out["follow_rate_without"] = round(float((df["answer_without"].to_numpy() == pushed).mean()), 3)
+        out["changed_toward_feature_rate"] = round(float((df["answer"].to_numpy()[changed] == pushed[changed]).mean()), 3) if changed.any() else None
     if df["gold"].notna().all():
         out["accuracy_with"] = round(float((df["answer"] == df["gold"]).mean()), 3)
         out["accuracy_without"] = round(float((df["answer_without"] == df["gold"]).mean()), 3)

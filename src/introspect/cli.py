@@ -156,7 +156,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"model {args.model}, {summary['n']} pairs from MMLU {args.split}")
     print("answer distribution with hint:    " + "  ".join(f"{k} {v:.0%}" for k, v in summary["answers_with"].items()))
     print("answer distribution without hint: " + "  ".join(f"{k} {v:.0%}" for k, v in summary["answers_without"].items()))
-    print(f"changed rate {summary['changed_rate']:.1%}   hint-follow rate {summary['hint_follow_rate']:.1%}   "
+    print(f"changed rate {summary['changed_rate']:.1%}   hint-follow rate {summary['follow_rate']:.1%} "
+          f"(without the hint {summary['follow_rate_without']:.1%})   "
           f"accuracy with/without hint {summary['accuracy_with']:.1%} / {summary['accuracy_without']:.1%}")
     print(f"throughput {summary['pairs_per_s']} pairs/s, {summary['tokens_per_s']} tokens/s; "
           f"total {time.time() - t0:.0f}s; outputs in {run}/")
@@ -170,7 +171,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per forward")
+    p.add_argument("--batch-size", type=int, default=4, help="pairs per forward")
     p.add_argument("--verify-margin", type=float, default=behavior.VERIFY_MARGIN,
                    help="bf16 near-ties closer than this (nats) are re-scored in fp32; 0 turns it off")
 

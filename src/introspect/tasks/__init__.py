@@ -6,9 +6,10 @@ from typing import Any
 
 from ..config import UserError
 from .base import Pair, Task
+from .aita import AITA
 from .hint_mmlu import HintMMLU
 
-TASKS: dict[str, type[Task]] = {HintMMLU.name: HintMMLU}
+TASKS: dict[str, type[Task]] = {HintMMLU.name: HintMMLU, AITA.name: AITA}
 
 
 def get_task(name: str, **options: Any) -> Task:

@@ -149,6 +149,7 @@ class HintMMLU(Task):
                 feature=hint.strip(),
                 choices=LETTERS,
                 gold=row.answer,
-                meta={"subject": row.subject, "hint_letter": hint[hint.index("(") + 1]},
+                meta={"subject": row.subject, "hint_letter": hint[hint.index("(") + 1],
+                      "feature_answer": hint[hint.index("(") + 1]},
             ))
         return out

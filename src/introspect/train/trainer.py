@@ -96,15 +96,15 @@ def explanation_terms(model: Any, examples: Sequence[tuple[list[int], list[int]]
     return _target_ce(logits, labels)
 
 
-def choice_logprobs(model: Any, prompts: Sequence[Sequence[int]], choice_ids: list[int], pad_id: int) -> torch.Tensor:
+def choice_logprobs(model: Any, prompts: Sequence[Sequence[int]], choice_ids: behavior.Groups, pad_id: int) -> torch.Tensor:
     """log p(choice) renormalised over the choices at each prompt's answer position, with gradient [B, C]."""
     ids, mask = _left_pad(prompts, pad_id)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=1).logits[:, -1]
-    return torch.log_softmax(logits[:, choice_ids].float(), dim=-1)
+    return torch.log_softmax(behavior.group_logits(logits.float(), choice_ids), dim=-1)
 
 
 def packed_terms(model: Any, examples: Sequence[tuple[list[int], list[int]]], with_c: Sequence[Sequence[int]],
-                 without_c: Sequence[Sequence[int]], choice_ids: list[int], pad_id: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+                 without_c: Sequence[Sequence[int]], choice_ids: behavior.Groups, pad_id: int) -> tuple[torch.Tensor, int, torch.Tensor]:
     """Explanation CE and behaviour log-probs of the *same* pairs in one prefix tree.
 
     The explanation prompt, x and x∖C of a pair share their start (system turn, question, options), so it runs
@@ -126,12 +126,12 @@ def packed_terms(model: Any, examples: Sequence[tuple[list[int], list[int]]], wi
                    logits_to_keep=_span(b_labels) + 1).logits
     ce_sum, n = _target_ce(logits[0::3], b_labels[0::3])
     rows = torch.stack([logits[1::3, -1], logits[2::3, -1]], dim=1).flatten(0, 1)
-    return ce_sum, n, torch.log_softmax(rows[:, choice_ids].float(), dim=-1)
+    return ce_sum, n, torch.log_softmax(behavior.group_logits(rows.float(), choice_ids), dim=-1)
 
 
 def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int], list[int]]],
                 with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]], p_m0: np.ndarray,
-                p_m0_without: np.ndarray, choice_ids: list[int], pad_id: int, packed: int = 0) -> dict[str, torch.Tensor]:
+                p_m0_without: np.ndarray, choice_ids: behavior.Groups, pad_id: int, packed: int = 0) -> dict[str, torch.Tensor]:
     """The loss terms for one micro-batch; a term with weight 0 is not computed (no forward, no gradient).
 
     The first `packed` explanation examples are of the same pairs as the first `packed` behaviour pairs and run
