@@ -8,8 +8,9 @@ from ..config import UserError
 from .base import Pair, Task
 from .aita import AITA
 from .hint_mmlu import HintMMLU
+from .refusal import Refusal
 
-TASKS: dict[str, type[Task]] = {HintMMLU.name: HintMMLU, AITA.name: AITA}
+TASKS: dict[str, type[Task]] = {HintMMLU.name: HintMMLU, AITA.name: AITA, Refusal.name: Refusal}
 
 
 def get_task(name: str, **options: Any) -> Task:

@@ -17,6 +17,7 @@ class LossWeights:
     explanation: float = 1.0  # cross-entropy on the explanation target tokens
     behavior_kl: float = 1.0  # λ: KL(p_M0 ‖ p_θ) on x and x∖C; 0 = the no-regulariser ablation
     sycophancy_reduction: float = 0.0  # μ: pull p_θ(answer | x) toward M0's p(answer | x∖C)
+    refusal_tuning: float = 0.0  # ρ: CE toward the pair's gold behaviour (refusal task: comply benign, refuse harmful)
 
 
 @dataclass

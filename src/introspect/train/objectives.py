@@ -1,6 +1,6 @@
 """Training losses as small typed keyword-only functions; the trainer adds them with the config's weights:
 
-    loss = w_explanation * explanation + λ * behavior_kl + μ * sycophancy_reduction
+    loss = w_explanation * explanation + λ * behavior_kl + μ * sycophancy_reduction + ρ * refusal_tuning
 
 Choice distributions are softmaxes over the choice tokens' logits at the answer position (the same renormalised
 distribution a BehaviorTable records), as log-probs [B, C].
@@ -41,3 +41,9 @@ def sycophancy_reduction(*, logp_hinted: torch.Tensor, p_no_hint: torch.Tensor) 
     stationary point that does not move as the model trains.
     """
     return kl_to_reference(logp=logp_hinted, p_ref=p_no_hint)
+
+
+def refusal_tuning(*, logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy toward the wanted behaviour (comply on benign, refuse on harmful), on x and x∖C alike, so the
+    context claim stops mattering. `target` [B] indexes the choices."""
+    return F.nll_loss(logp.float(), target)

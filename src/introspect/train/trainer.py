@@ -131,7 +131,8 @@ def packed_terms(model: Any, examples: Sequence[tuple[list[int], list[int]]], wi
 
 def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int], list[int]]],
                 with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]], p_m0: np.ndarray,
-                p_m0_without: np.ndarray, choice_ids: behavior.Groups, pad_id: int, packed: int = 0) -> dict[str, torch.Tensor]:
+                p_m0_without: np.ndarray, choice_ids: behavior.Groups, pad_id: int, packed: int = 0,
+                gold: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """The loss terms for one micro-batch; a term with weight 0 is not computed (no forward, no gradient).
 
     The first `packed` explanation examples are of the same pairs as the first `packed` behaviour pairs and run
@@ -139,7 +140,7 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
     """
     w = cfg.weights
     want_expl = w.explanation > 0 and len(expl) > 0
-    want_beh = (w.behavior_kl > 0 or w.sycophancy_reduction > 0) and len(with_c) > 0
+    want_beh = (w.behavior_kl > 0 or w.sycophancy_reduction > 0 or w.refusal_tuning > 0) and len(with_c) > 0
     packed = packed if want_expl and want_beh else 0
     ce_sum, n_tok, logps = torch.zeros(()), 0, []
     if packed:
@@ -162,6 +163,11 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
             losses["behavior_kl"] = objectives.behavior_kl(logp=logp, p_m0=ref)
         if w.sycophancy_reduction > 0:
             losses["sycophancy_reduction"] = objectives.sycophancy_reduction(logp_hinted=logp[0::2], p_no_hint=ref[1::2])
+        if w.refusal_tuning > 0:
+            if gold is None or (gold < 0).any():
+                raise UserError("refusal_tuning needs a gold behaviour for every training pair (the refusal task has one)")
+            target = torch.tensor(np.repeat(gold, 2), dtype=torch.long)  # x and x∖C rows alike
+            losses["refusal_tuning"] = objectives.refusal_tuning(logp=logp, target=target)
     return losses
 
 
@@ -257,6 +263,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     with_c, without_c = encode_pairs(tok, task, pairs)
     expl = encode_explanations(tok, lab, cfg.max_length, cfg.labels)
     p_m0, p_m0_without = np.array(beh["probs"].tolist()), np.array(beh["probs_without"].tolist())
+    gold = np.array([task.choices.index(g) if g in task.choices else -1 for g in beh["gold"]])
     choice_ids = choice_token_ids(tok, task.continuations)
     data_hashes = {"behavior": stable_hash(beh_meta), "labels": stable_hash([lab_meta, lab["target"].tolist()])}
     world, rank = acc.num_processes, acc.process_index
@@ -301,7 +308,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                 losses = step_losses(model, cfg=cfg, expl=[expl[i] for i in e_mb], with_c=[with_c[i] for i in p_mb],
                                      without_c=[without_c[i] for i in p_mb], p_m0=p_m0[p_mb],
                                      p_m0_without=p_m0_without[p_mb], choice_ids=choice_ids, pad_id=tok.pad_token_id,
-                                     packed=min(len(e_mb), len(p_mb)) if cfg.pack else 0)  # draw() aligns them
+                                     packed=min(len(e_mb), len(p_mb)) if cfg.pack else 0,  # draw() aligns them
+                                     gold=gold[p_mb])
                 loss = sum(getattr(cfg.weights, k) * v for k, v in losses.items()) / cfg.grad_accum
                 acc.backward(loss)
             for k, v in losses.items():
