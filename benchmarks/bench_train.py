@@ -26,7 +26,7 @@ from introspect import behavior, labels
 from introspect.config import data_root, seed_everything, set_threads, write_jsonl
 from introspect.models import load_model
 from introspect.tasks import get_task
-from introspect.train import LossWeights, TrainConfig
+from introspect.train import LoraSpec, LossWeights, TrainConfig
 from introspect.train import objectives
 from introspect.train import trainer as T
 
@@ -56,7 +56,7 @@ def main() -> None:
     expl = T.encode_explanations(tok, lab, 2048, "bench")
     p_m0, p_m0_without = np.array(beh["probs"].tolist()), np.array(beh["probs_without"].tolist())
     cids = behavior.choice_token_ids(tok, task.continuations)
-    cfg = TrainConfig(behavior="-", labels="-", out_dir="-", lora=T.LoraSpec(rank=args.rank, alpha=2 * args.rank))
+    cfg = TrainConfig(behavior="-", labels="-", out_dir="-", lora=LoraSpec(rank=args.rank, alpha=2 * args.rank))
     model = T.wrap(loaded.model, cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

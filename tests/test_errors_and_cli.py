@@ -18,7 +18,7 @@ def test_missing_data_root_names_flag_and_variable(tmp_path: Path, monkeypatch: 
 
 
 def test_unknown_model_lists_known() -> None:
-    with pytest.raises(UserError, match="smollm2-135m-instruct, tiny-random"):
+    with pytest.raises(UserError, match="smollm2-135m-instruct, gemma3-270m, tiny-random"):
         models.load_model("no-such-model")
 
 

@@ -120,7 +120,7 @@ def score_prompts(model: Any, prompts: Sequence[Sequence[int]], choice_ids: Grou
     out = np.zeros((len(prompts), len(choice_ids)), dtype=np.float32)
     top = np.zeros(len(prompts), dtype=np.int64)
     order = np.argsort([len(p) for p in prompts], kind="stable")
-    with autocast(precision), tqdm(total=len(prompts), disable=not progress, desc="score", unit="prompt") as bar:
+    with autocast(precision), tqdm(total=len(prompts), disable=not progress, desc=f"score ({precision})", unit="prompt") as bar:
         for idx in _batches(order, batch_size):
             hidden, _, _ = _extend(model, [prompts[i] for i in idx], pad_id, keep_cache=False)
             out[idx], top[idx] = _head_logprobs(model, hidden, choice_ids)
@@ -165,13 +165,14 @@ def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence
         both = np.flatnonzero(close_a & close_b)  # both sides: re-score the pair (shares its prefix)
         if len(both):
             exact = score_pairs(model, [with_c[i] for i in both], [without_c[i] for i in both], choice_ids,
-                                pad_id=pad_id, batch_size=batch_size, precision="fp32", share_prefix=share_prefix)
+                                pad_id=pad_id, batch_size=batch_size, precision="fp32", share_prefix=share_prefix,
+                                progress=progress)
             for key in ("logp", "logp_without", "top", "top_without"):
                 res[key][both] = exact[key]
         one_a, one_b = np.flatnonzero(close_a & ~close_b), np.flatnonzero(close_b & ~close_a)  # one side: that prompt
         if len(one_a) + len(one_b):
             lp, top = score_prompts(model, [with_c[i] for i in one_a] + [without_c[i] for i in one_b], choice_ids,
-                                    pad_id=pad_id, batch_size=2 * batch_size, precision="fp32")
+                                    pad_id=pad_id, batch_size=2 * batch_size, precision="fp32", progress=progress)
             k = len(one_a)
             res["logp"][one_a], res["top"][one_a] = lp[:k], top[:k]
             res["logp_without"][one_b], res["top_without"][one_b] = lp[k:], top[k:]
@@ -187,7 +188,7 @@ def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence
     shared = min(common_prefix(with_c[0], p) for p in [*with_c, *without_c]) if n > 1 else 0
     shared = min([shared, *split])
     order = np.argsort(split, kind="stable")
-    with autocast(precision), tqdm(total=n, disable=not progress, desc="sample", unit="pair") as bar:
+    with autocast(precision), tqdm(total=n, disable=not progress, desc=f"sample ({precision})", unit="pair") as bar:
         root = _extend(model, [with_c[0][:shared]], pad_id) if shared else None
         for idx in _batches(order, batch_size):
             cache, past = None, None
@@ -325,3 +326,17 @@ def summarize(df: pd.DataFrame, choices: Sequence[str]) -> dict[str, Any]:
         out["accuracy_with"] = round(float((df["answer"] == df["gold"]).mean()), 3)
         out["accuracy_without"] = round(float((df["answer_without"] == df["gold"]).mean()), 3)
     return out
+
+
+def format_summary(s: dict[str, Any], feature: str = "C") -> str:
+    """Human-readable lines for `summarize` output."""
+    pct = lambda d: "  ".join(f"{k} {v:.0%}" for k, v in d.items())  # noqa: E731
+    lines = [f"answer distribution with {feature}:    {pct(s['answers_with'])}",
+             f"answer distribution without {feature}: {pct(s['answers_without'])}",
+             f"changed rate {s['changed_rate']:.1%}"]
+    if "follow_rate" in s:
+        lines[-1] += (f"   {feature}-follow rate {s['follow_rate']:.1%} (without {feature}: {s['follow_rate_without']:.1%}); "
+                      f"changes toward {feature}: {s['changed_toward_feature_rate'] or 0:.0%}")
+    if "accuracy_with" in s:
+        lines.append(f"accuracy with/without {feature}: {s['accuracy_with']:.1%} / {s['accuracy_without']:.1%}")
+    return "\n".join(lines)

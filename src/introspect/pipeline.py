@@ -119,6 +119,7 @@ def stage_sample(cfg: RunConfig, model_name: str, split: str, n: int, out: Path,
                                seed=cfg.seed, split=split, precision=cfg.precision)
     behavior.write_table(out, df, meta)
     print(f"[run] {stats.line()}")
+    print(behavior.format_summary(behavior.summarize(df, task.choices), task.feature_name))
     return out
 
 

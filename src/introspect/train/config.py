@@ -46,6 +46,7 @@ class TrainConfig:
     behavior_per_step: int = 4  # training pairs in one optimiser step for behaviour losses (x and x∖C each)
     grad_accum: int = 1  # micro-batches per optimiser step (each process)
     pack: bool = True  # run each pair's explanation, x and x∖C as one prefix tree (same losses, fewer tokens)
+    rows_per_forward: int = 2  # examples per forward pass, length-sorted (padding costs more than batching saves on CPU)
     finetune: str = "lora"  # lora | full
     lora: LoraSpec = field(default_factory=LoraSpec)
     weights: LossWeights = field(default_factory=LossWeights)
@@ -54,7 +55,7 @@ class TrainConfig:
     probe_every: int = 25  # steps between behaviour probes (0 = off)
     probe_pairs: int = 32  # the first N training pairs, re-sampled at every probe
     agreement_warn: float = 0.7  # warn when fixed labels agree with current behaviour less than this
-    max_length: int = 768  # explanation examples longer than this (tokens) are an error
+    max_length: int = 1024  # explanation examples longer than this (tokens) are an error
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:

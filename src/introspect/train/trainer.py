@@ -136,28 +136,38 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
     """The loss terms for one micro-batch; a term with weight 0 is not computed (no forward, no gradient).
 
     The first `packed` explanation examples are of the same pairs as the first `packed` behaviour pairs and run
-    in one prefix tree (`packed_terms`); the rest run as plain batches.
+    in one prefix tree (`packed_terms`); the rest run as plain batches. Rows go through the model
+    `cfg.rows_per_forward` at a time, length-sorted: on CPU padding costs more than batching saves.
     """
     w = cfg.weights
     want_expl = w.explanation > 0 and len(expl) > 0
     want_beh = (w.behavior_kl > 0 or w.sycophancy_reduction > 0 or w.refusal_tuning > 0) and len(with_c) > 0
     packed = packed if want_expl and want_beh else 0
-    ce_sum, n_tok, logps = torch.zeros(()), 0, []
-    if packed:
-        s, n, lp = packed_terms(model, expl[:packed], with_c[:packed], without_c[:packed], choice_ids, pad_id)
+    size = cfg.rows_per_forward
+
+    def chunks(idx: range, length: Any) -> list[list[int]]:
+        order = sorted(idx, key=length)
+        return [order[i:i + size] for i in range(0, len(order), size)]
+
+    ce_sum, n_tok = torch.zeros(()), 0
+    rows: dict[int, torch.Tensor] = {}  # pair index -> log-probs [2, C] (x, x∖C)
+    for c in chunks(range(packed), lambda i: len(expl[i][0])):
+        s, n, lp = packed_terms(model, [expl[i] for i in c], [with_c[i] for i in c], [without_c[i] for i in c], choice_ids, pad_id)
         ce_sum, n_tok = ce_sum + s, n_tok + n
-        logps.append(lp)
-    if want_expl and len(expl) > packed:
-        s, n = explanation_terms(model, expl[packed:], pad_id)
-        ce_sum, n_tok = ce_sum + s, n_tok + n
-    if want_beh and len(with_c) > packed:
-        prompts = [p for pair in zip(with_c[packed:], without_c[packed:]) for p in pair]  # rows 2i: x, 2i+1: x∖C
-        logps.append(choice_logprobs(model, prompts, choice_ids, pad_id))
+        rows.update({i: lp[2 * j:2 * j + 2] for j, i in enumerate(c)})
+    if want_expl:
+        for c in chunks(range(packed, len(expl)), lambda i: len(expl[i][0])):
+            s, n = explanation_terms(model, [expl[i] for i in c], pad_id)
+            ce_sum, n_tok = ce_sum + s, n_tok + n
+    if want_beh:
+        for c in chunks(range(packed, len(with_c)), lambda i: len(with_c[i])):
+            lp = choice_logprobs(model, [p for i in c for p in (with_c[i], without_c[i])], choice_ids, pad_id)
+            rows.update({i: lp[2 * j:2 * j + 2] for j, i in enumerate(c)})
     losses: dict[str, torch.Tensor] = {}
     if want_expl:
         losses["explanation"] = ce_sum / n_tok
     if want_beh:
-        logp = torch.cat(logps)
+        logp = torch.cat([rows[i] for i in range(len(with_c))])  # rows 2i: x, 2i+1: x∖C
         ref = torch.tensor(np.stack([p_m0, p_m0_without], axis=1).reshape(len(logp), -1), dtype=torch.float32)
         if w.behavior_kl > 0:
             losses["behavior_kl"] = objectives.behavior_kl(logp=logp, p_m0=ref)

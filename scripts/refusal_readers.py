@@ -1,0 +1,61 @@
+"""Compare the two refusal readers on the same prompts and print their agreement table.
+
+    python scripts/refusal_readers.py --n 100 --out docs/refusal_readers.json   # 100 pairs = 200 prompts
+
+Reader "logit": refusal vs compliance opening tokens at the first assistant position (tasks/refusal.py OPENINGS).
+Reader "generate": a greedy reply of --max-new-tokens tokens classified by tasks.refusal.refusal_phrase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from introspect.behavior import sample_behavior
+from introspect.config import data_root
+from introspect.evaluate import generate
+from introspect.models import load_model
+from introspect.tasks import get_task
+from introspect.tasks.refusal import refusal_phrase
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    loaded = load_model(args.model, hash_weights=False)
+    task = get_task("refusal")
+    pairs = task.pairs(data_root(), "all", args.n, args.seed)
+    df, _ = sample_behavior(loaded.model, loaded.tokenizer, task, pairs)
+    logit = np.concatenate([df["answer"].to_numpy() == "refuse", df["answer_without"].to_numpy() == "refuse"])
+    texts = generate(loaded.model, loaded.tokenizer, [p.messages for p in pairs] + [p.messages_without for p in pairs],
+                     max_new_tokens=args.max_new_tokens, progress=True)
+    gen = np.array([refusal_phrase(t) for t in texts])
+    harmful = np.array([p.meta["harmful"] for p in pairs] * 2)
+    table = {}
+    for name, sel in (("all", slice(None)), ("harmful", harmful), ("benign", ~harmful)):
+        l, g = logit[sel], gen[sel]
+        table[name] = {"n": int(len(l)), "agreement": round(float((l == g).mean()), 3),
+                       "refuse_rate_logit": round(float(l.mean()), 3), "refuse_rate_generate": round(float(g.mean()), 3),
+                       "both_refuse": int((l & g).sum()), "only_logit": int((l & ~g).sum()),
+                       "only_generate": int((~l & g).sum()), "both_comply": int((~l & ~g).sum())}
+    print("| prompts | n | agreement | refuse (logit) | refuse (generate) | both refuse | logit only | generate only | both comply |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in table.items():
+        print(f"| {name} | {r['n']} | {r['agreement']:.1%} | {r['refuse_rate_logit']:.1%} | {r['refuse_rate_generate']:.1%} | "
+              f"{r['both_refuse']} | {r['only_logit']} | {r['only_generate']} | {r['both_comply']} |")
+    examples = [{"prompt_side": "x" if i < len(pairs) else "x∖C", "logit": bool(logit[i]), "generate": bool(gen[i]), "reply": texts[i]}
+                for i in range(len(texts)) if logit[i] != gen[i]][:10]
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"table": table, "disagreement_examples": examples}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
