@@ -17,7 +17,6 @@ agreement with (a) per prompt, listing the disagreements. Writes JSON to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any, Callable
 

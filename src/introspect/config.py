@@ -98,6 +98,24 @@ def write_jsonl(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Non
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+def read_yaml(path: str | os.PathLike[str], flag: str = "--config") -> dict[str, Any]:
+    """A YAML mapping from a file; a missing file or bad YAML is a UserError naming the file (and line)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config {path} does not exist ({flag})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     rows = []
     with open(path, encoding="utf-8") as f:

@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import baselines, behavior, labels, metrics
-from .config import UserError, atomic_path, data_root, seed_everything, stable_hash
+from .config import UserError, atomic_path, data_root, read_yaml, seed_everything, stable_hash
 from .evaluate import (cached_result, checkpoint_hash, eval_set_hash, evaluate_one, label_frame,
                        load_checkpoint_model, save_result)
 from .models import load_model
@@ -73,14 +71,7 @@ class RunConfig:
 
 
 def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise UserError(f"{path}{':' + str(mark.line + 1) if mark else ''}: invalid YAML") from None
+    data = read_yaml(path, "introspect run CONFIG")
     data.update(overrides or {})
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(data) - fields)

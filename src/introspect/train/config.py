@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import UserError
+from ..config import UserError, read_yaml
 
 
 @dataclass
@@ -93,15 +91,7 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config {path} does not exist (flag --config)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    data = read_yaml(path)
     data = dict(data.get("train", data))
     data.update(overrides or {})
     return validate(_build(TrainConfig, data, str(path)), str(path))
