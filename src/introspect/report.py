@@ -59,6 +59,14 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
                 ax.axhline(b["orig"][m]["value"], ls=":", lw=1, color="gray")
                 ax.annotate(f"{name} (vs E(M0))", (steps[-1], b["orig"][m]["value"]), fontsize=7, color="gray",
                             ha="right", va="bottom")
+        majority = res.get("baselines", {}).get("majority")
+        if majority:  # the same constant answer scored against the last checkpoint's own labels
+            ax.plot([steps[-1]], [majority["self_last"][m]["value"]], "*", ms=11, color="black",
+                    label="majority label vs E(M_last): a constant answer")
+        collapsed = [r for r in rows if _collapsed(r)]
+        if collapsed:
+            ax.plot([r["step"] for r in collapsed], [r["self"][m]["value"] for r in collapsed], "x", ms=12, color="red",
+                    label="class collapse (predicted-changed rate < 5% or > 95%)")
         ax.set_xlabel("training step (0 = M0)")
         ax.set_ylabel(m.replace("_", " "))
         ax.set_ylim(-0.02, 1.02)
@@ -141,11 +149,16 @@ def summary_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _collapsed(r: dict[str, Any]) -> bool:
+    rate = r["self"]["pred_changed_rate"]["value"]
+    return not math.isnan(rate) and not COLLAPSE[0] <= rate <= COLLAPSE[1]
+
+
 def collapse_warnings(res: dict[str, Any]) -> list[str]:
     out = []
     for r in sorted(res["checkpoints"].values(), key=lambda r: r["step"]):
         rate = r["self"]["pred_changed_rate"]["value"]
-        if not math.isnan(rate) and not COLLAPSE[0] <= rate <= COLLAPSE[1]:
+        if _collapsed(r):
             out.append(f"class collapse at step {r['step']}: the model predicts 'changed' for {rate:.0%} of parseable "
                        f"items (outside {COLLAPSE[0]:.0%}–{COLLAPSE[1]:.0%}); its Has-Changed F1 is near chance")
     return out
