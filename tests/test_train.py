@@ -34,6 +34,16 @@ def tables(tiny: Loaded, data_dir: Path, tmp_path_factory: pytest.TempPathFactor
     return out / "behavior.parquet", out / "labels.parquet"
 
 
+def _encoded(tiny: Loaded, tables) -> tuple:
+    """The tables' pairs encoded for the trainer: behaviour table, x ids, x∖C ids, explanation examples, choice ids."""
+    lab, _ = behavior.read_table(tables[1])
+    beh, meta = behavior.read_table(tables[0])
+    task = behavior.task_of(meta)
+    a, b = behavior.encode_pairs(tiny.tokenizer, task, T.pairs_from_table(beh, task))
+    expl = T.encode_explanations(tiny.tokenizer, lab, 768, "labels")
+    return beh, a, b, expl, behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+
+
 def _cfg(tables: tuple[Path, Path], out: Path, **kw) -> TrainConfig:
     base = dict(behavior=str(tables[0]), labels=str(tables[1]), out_dir=str(out), model="tiny-random", steps=6,
                 lr=5e-3, warmup_steps=0, schedule="constant", explanation_per_step=4, behavior_per_step=4,
@@ -64,12 +74,7 @@ def test_explanation_loss_ignores_prompt_tokens(tiny: Loaded, tables) -> None:
 
 
 def test_packed_tree_equals_separate_forwards(tiny: Loaded, tables) -> None:
-    lab, _ = behavior.read_table(tables[1])
-    beh, meta = behavior.read_table(tables[0])
-    task = behavior.task_of(meta)
-    a, b = behavior.encode_pairs(tiny.tokenizer, task, T.pairs_from_table(beh, task))
-    expl = T.encode_explanations(tiny.tokenizer, lab, 768, "labels")
-    cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+    beh, a, b, expl, cids = _encoded(tiny, tables)
     p, q = np.array(beh["probs"].tolist()), np.array(beh["probs_without"].tolist())
     cfg = _cfg(tables, Path("unused"), weights=LossWeights(explanation=1.0, behavior_kl=1.0, sycophancy_reduction=0.5))
     kw = dict(cfg=cfg, expl=expl[:5], with_c=a[:6], without_c=b[:6], p_m0=np.roll(p[:6], 1, 1), p_m0_without=q[:6],
@@ -89,16 +94,10 @@ def test_five_steps_lower_explanation_loss(tables, tmp_path: Path) -> None:
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # every step sees all 8 examples: a fixed set
     assert rows[-1]["explanation"] < rows[0]["explanation"] - 1.0
     assert (tmp_path / "checkpoints" / "step_000005" / "meta.json").is_file()
-    assert (tmp_path / "checkpoints" / "step_000005" / "meta.json").is_file()
 
 
 def test_lambda_zero_removes_regulariser_gradient(tiny: Loaded, tables) -> None:
-    lab, _ = behavior.read_table(tables[1])
-    beh, meta = behavior.read_table(tables[0])
-    task = behavior.task_of(meta)
-    a, b = behavior.encode_pairs(tiny.tokenizer, task, T.pairs_from_table(beh, task))
-    expl = T.encode_explanations(tiny.tokenizer, lab, 768, "labels")
-    cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+    beh, a, b, expl, cids = _encoded(tiny, tables)
 
     def grads(weights: LossWeights, p_shift: float = 0.0) -> list[torch.Tensor]:
         tiny.model.zero_grad()

@@ -112,12 +112,14 @@ def compare(texts: Sequence[str], beh: pd.DataFrame, m0_beh: pd.DataFrame, choic
 
 
 def evaluate_one(model: Any, tok: Any, task: Task, pairs: Sequence[Pair], m0_beh: pd.DataFrame, *, seed: int,
-                 n_boot: int, batch_size: int = 16, max_new_tokens: int = 40) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Generate explanations, re-sample B(M_t), and compare (Self vs Orig) for one model."""
+                 n_boot: int, batch_size: int = 16, max_new_tokens: int = 40,
+                 beh: pd.DataFrame | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Generate explanations, re-sample B(M_t) (unless `beh` is given: M0's is already known), and compare."""
     t0 = time.time()
     texts = generate(model, tok, explanation_prompts(task, pairs), batch_size=batch_size,
                      max_new_tokens=max_new_tokens, progress=True)
-    beh, _ = behavior.sample_behavior(model, tok, task, pairs, progress=True)
+    if beh is None:
+        beh, _ = behavior.sample_behavior(model, tok, task, pairs, progress=True)
     result, per_item = compare(texts, beh, m0_beh, task.choices, seed=seed, n_boot=n_boot)
     result["seconds"] = round(time.time() - t0, 1)
     return result, per_item

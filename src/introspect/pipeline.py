@@ -180,7 +180,8 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
             print(f"[evaluate] step {step}: {path or 'M0'}")
             model = load_checkpoint_model(base, path, finetune) if path else base.model
             res, items = evaluate_one(model, base.tokenizer, task, pairs, m0_beh, seed=cfg.seed, n_boot=ev.n_boot,
-                                      batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
+                                      batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
+                                      beh=None if path else m0_beh)  # M0's behaviour on these pairs is known
             res.update(step=step, checkpoint=str(path) if path else None, key=key)
             save_result(out, res, items)
             if path and finetune == "lora":
