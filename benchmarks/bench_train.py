@@ -2,13 +2,14 @@
 
     python benchmarks/bench_train.py --steps 8
 
-  explanation_only         explanation CE on E examples
-  expl+kl_cached_packed    + KL(p_M0 ‖ p_θ) on the same E pairs (x, x∖C), p_M0 read from the BehaviorTable, the
-                           pair's explanation/x/x∖C run as one prefix tree (our default)
-  expl+kl_cached_plain     the same losses with separate forwards (pack: false)
-  expl+kl_live_reference   the usual way: separate policy forwards + a reference forward (adapter disabled,
-                           no grad) on the same prompts to get p_M0 live
-Reports ms/step (median over --steps after one warm-up step), tokens/s, ratios to explanation-only, peak RSS.
+  explanation_only         explanation CE on E examples (one row each, no padding inside a row)
+  expl+kl_cached_packed    + KL(p_M0 ‖ p_θ) on the same E pairs (x, x∖C), p_M0 read from the BehaviorTable, each
+                           pair's explanation/x/x∖C run as one prefix-tree row (tree.py; our default)
+  expl+kl_cached_plain     the same losses, every sequence in its own row (pack: false)
+  expl+kl_live_reference   p_M0 computed live instead of read: a reference forward (adapter disabled, no grad) on
+                           the step's x and x∖C, then the same packed policy step
+Reports ms/step (median over --steps; the variants take turns step by step after one warm-up round), tokens/s
+(tokens of the sequences as if run alone), ratios to explanation-only, and the peak RSS after each warm-up.
 """
 
 from __future__ import annotations
@@ -66,16 +67,23 @@ def main() -> None:
     print(f"{args.model} + LoRA r{args.rank} ({sum(p.numel() for p in params) / 1e6:.1f}M trainable), {k} examples/step, "
           f"{threads} threads, bf16 autocast")
 
-    def live_reference(idx: np.ndarray) -> dict[str, torch.Tensor]:
-        ce_sum, n = T.explanation_terms(model, [expl[i] for i in idx], pad)
-        prompts = [p for i in idx for p in (with_c[i], without_c[i])]
-        logp = T.choice_logprobs(model, prompts, cids, pad)
+    def reference_probs(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """p_M0 computed live: the base model (adapter disabled), no gradient, on x and x∖C of the step's pairs."""
         with torch.no_grad(), model.disable_adapter():
-            ref = T.choice_logprobs(model, prompts, cids, pad).exp()
-        return {"explanation": ce_sum / n, "behavior_kl": objectives.behavior_kl(logp=logp, p_m0=ref)}
+            _, _, logp = T.tree_terms(model, [[(with_c[i], 0), (without_c[i], 0)] for i in idx], cids, pad)
+        p = logp.exp().float().numpy()
+        return p[0::2], p[1::2]
+
+    def live_reference(idx: np.ndarray) -> dict[str, torch.Tensor]:
+        p, q = reference_probs(idx)
+        c = TrainConfig(behavior="-", labels="-", out_dir="-", weights=LossWeights(explanation=1.0, behavior_kl=1.0))
+        return T.step_losses(model, cfg=c, expl=[expl[i] for i in idx], with_c=[with_c[i] for i in idx],
+                             without_c=[without_c[i] for i in idx], p_m0=p, p_m0_without=q, choice_ids=cids,
+                             pad_id=pad, packed=len(idx))
 
     def cached(packed: bool, kl: bool) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
-        c = TrainConfig(behavior="-", labels="-", out_dir="-", weights=LossWeights(explanation=1.0, behavior_kl=float(kl)))
+        c = TrainConfig(behavior="-", labels="-", out_dir="-", weights=LossWeights(explanation=1.0, behavior_kl=float(kl)),
+                        pack=packed)
         return lambda idx: T.step_losses(model, cfg=c, expl=[expl[i] for i in idx], with_c=[with_c[i] for i in idx],
                                          without_c=[without_c[i] for i in idx], p_m0=p_m0[idx],
                                          p_m0_without=p_m0_without[idx], choice_ids=cids, pad_id=pad,
@@ -84,27 +92,37 @@ def main() -> None:
     variants: dict[str, tuple[Callable[[np.ndarray], dict[str, torch.Tensor]], bool]] = {
         "explanation_only": (cached(False, False), False),
         "expl+kl_cached_packed": (cached(True, True), True),
-        "expl+kl_cached_plain": (cached(False, True), True),
         "expl+kl_live_reference": (live_reference, True),
+        "expl+kl_cached_plain": (cached(False, True), True),
     }
+    def one_step(fn: Callable[[np.ndarray], dict[str, torch.Tensor]], step: int) -> float:
+        idx = np.random.default_rng([1, step]).choice(len(pairs), k, replace=False)
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = fn(idx)
+            sum(losses.values()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    # Warm-up round, one step per variant in this order; the peak RSS after each is that of the variants so far
+    # (the process peak only grows), so "explanation_only" and "expl+kl_cached_packed" give the default's peak.
+    rss: dict[str, float] = {}
+    for name, (fn, _) in variants.items():
+        one_step(fn, 0)
+        rss[name] = round(peak_rss_gb(), 2)
+    # Timed rounds interleave the variants step by step, so machine drift hits them alike.
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for step in range(1, args.steps + 1):
+        for name, (fn, _) in variants.items():
+            times[name].append(one_step(fn, step))
     results: dict[str, Any] = {}
-    for name, (fn, uses_behaviour) in variants.items():
-        times = []
-        for step in range(args.steps + 1):
-            idx = np.random.default_rng([1, step]).choice(len(pairs), k, replace=False)
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                losses = fn(idx)
-                sum(losses.values()).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if step:  # the first step is a warm-up
-                times.append(time.perf_counter() - t0)
+    for name, (_, uses_behaviour) in variants.items():
         tokens = k * (np.mean([len(e[0]) for e in expl]) + (np.mean([len(x) + len(y) for x, y in zip(with_c, without_c)]) if uses_behaviour else 0))
-        ms = statistics.median(times) * 1000
-        results[name] = {"ms_per_step": round(ms, 1), "tokens_per_s": round(tokens / (ms / 1000), 1),
-                         "peak_rss_gb_so_far": round(peak_rss_gb(), 2)}
-        print(f"{name:<24} {ms:8.0f} ms/step  {tokens / (ms / 1000):7.0f} tok/s  peak RSS {peak_rss_gb():.2f} GB", flush=True)
+        ms = statistics.median(times[name]) * 1000
+        results[name] = {"ms_per_step": round(ms, 1), "ms_all_steps": [round(t * 1000) for t in times[name]],
+                         "tokens_per_s": round(tokens / (ms / 1000), 1), "peak_rss_gb_after_warmup": rss[name]}
+        print(f"{name:<24} {ms:8.0f} ms/step  {tokens / (ms / 1000):7.0f} tok/s  peak RSS so far {rss[name]:.2f} GB", flush=True)
     base = results["explanation_only"]["ms_per_step"]
     for r in results.values():
         r["ratio_vs_explanation_only"] = round(r["ms_per_step"] / base, 3)

@@ -62,6 +62,12 @@ def test_cli_errors_exit_2(data_dir: Path, tmp_path: Path, capsys: pytest.Captur
     assert cli.main(["sample", "--model", "tiny-random", "--n", "2", "--data-root", str(tmp_path / "none"),
                      "--out", str(tmp_path / "x")]) == 2
     assert "--data-root" in capsys.readouterr().err
+    assert cli.main(["sample", "--model", "tiny-random", "--task", "refusal", "--task-option", "openings=nope", "--n", "2",
+                     "--split", "all", "--data-root", str(data_dir), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown refusal openings 'nope'; known: with-I, no-I (task option openings)" in capsys.readouterr().err
+    assert cli.main(["sample", "--model", "tiny-random", "--task-option", "format", "--n", "2", "--data-root", str(data_dir),
+                     "--out", str(tmp_path / "x")]) == 2
+    assert "--task-option takes KEY=VALUE" in capsys.readouterr().err
     bad = tmp_path / "pred.jsonl"
     bad.write_text('{"pair_id": "a", "text": "x"}\n{not json\n')
     assert cli.main(["score", "--pred", str(bad), "--gold", str(tmp_path / "none.parquet")]) == 2

@@ -45,6 +45,11 @@ def test_self_and_orig_on_hand_built_drift() -> None:
     copy, _ = evaluate.compare([target_text(c, l) for c, l in zip(m0["changed"], m0["answer_without"])], now, m0, "ABCD", seed=0, n_boot=100)
     assert copy["orig"]["exact_match"]["value"] == 1.0 and copy["self"]["exact_match"]["value"] == pytest.approx(16 / n)
     assert res["strata"]["self_changed"]["n"] + res["strata"]["self_unchanged"]["n"] == n
+    # cross-family: Orig = the label model's labels; drift is still measured against M0
+    other_model = _beh(["B"] * n, ["A"] * n)  # the label model always changes, to A: no label agrees with E(M_t)
+    cross, _ = evaluate.compare(texts, now, m0, "ABCD", seed=0, n_boot=500, orig_beh=other_model)
+    assert cross["orig"]["exact_match"]["value"] == 0.0 and cross["self"] == res["self"]
+    assert cross["drift"] == res["drift"] and cross["n_label_differs"] == n
 
 
 @pytest.fixture(scope="module")

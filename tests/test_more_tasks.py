@@ -10,7 +10,8 @@ from introspect import behavior
 from introspect.config import UserError
 from introspect.models import Loaded
 from introspect.tasks import get_task
-from introspect.tasks.aita import QUESTION, STANCES
+from introspect.tasks.aita import FORMATS
+from introspect.tasks.base import in_holdout_split
 from introspect.tasks.refusal import CLAIMS, refusal_phrase
 from introspect.train import objectives
 
@@ -19,18 +20,25 @@ def test_aita_pairs(data_dir: Path) -> None:
     task = get_task("aita")
     pairs = task.pairs(data_dir, "multiclass", 6, seed=0)
     assert [p.to_dict() for p in pairs] == [p.to_dict() for p in task.pairs(data_dir, "multiclass", 6, seed=0)]
-    assert {p.gold for p in pairs} <= {"NTA", "YTA"} and all(p.id != "aita/99" for p in pairs)
+    assert {p.gold for p in pairs} <= {"NTA", "YTA"} and all(not p.id.startswith("aita/99/") for p in pairs)
+    assert len({p.id for p in pairs}) == 6 and all(p.id.endswith("/" + p.meta["stance"]) for p in pairs)
     for p in pairs:
         stance = p.meta["stance"]
-        assert p.feature in STANCES[stance] and p.meta["feature_answer"] == stance
+        assert p.feature in FORMATS["verdict"]["stances"][stance] and p.meta["feature_answer"] == stance
+        assert p.feature.endswith(f"My own verdict: {stance}.")
         assert p.messages[-1]["content"].count(p.feature) == 1 and p.feature not in p.messages_without[-1]["content"]
         assert p.messages[-1]["content"].replace(f"\n\n{p.feature}", "") == p.messages_without[-1]["content"]
-        assert p.messages_without[-1]["content"].endswith(QUESTION)
+        assert p.messages_without[-1]["content"].endswith(FORMATS["verdict"]["question"])
     assert task.explanation_question() == "If the stated opinion were removed how would the assistant answer change?"
-    with pytest.raises(UserError, match="only 6 NTA/YTA posts"):
-        task.pairs(data_dir, "multiclass", 7, seed=0)
+    assert len(task.pairs(data_dir, "multiclass", 12, seed=0)) == 12  # 6 posts x 2 stances
+    with pytest.raises(UserError, match="has 6 usable NTA/YTA posts, so at most 12 pairs"):
+        task.pairs(data_dir, "multiclass", 13, seed=0)
     with pytest.raises(UserError, match="binary split is withheld"):
         task.pairs(data_dir, "binary", 2, seed=0)
+    with pytest.raises(UserError, match="unknown aita format 'nope'; known: words, verdict"):
+        get_task("aita", format="nope")
+    assert get_task("aita", format="words").pairs(data_dir, "multiclass", 2, seed=0)[0].feature in (
+        FORMATS["words"]["stances"]["NTA"] + FORMATS["words"]["stances"]["YTA"])
 
 
 def test_aita_malformed_row(tmp_path: Path) -> None:
@@ -92,3 +100,21 @@ def test_refusal_tuning_moves_toward_target() -> None:
         loss.backward()
         opt.step()
     assert (torch.softmax(logits, -1).argmax(-1) == target).all()
+
+
+
+def test_holdout_splits_partition_the_rows(data_dir: Path) -> None:
+    keys = [f"row/{i}" for i in range(2000)]
+    test = [k for k in keys if in_holdout_split(k, "test")]
+    train = [k for k in keys if in_holdout_split(k, "train")]
+    assert set(test).isdisjoint(train) and len(test) + len(train) == len(keys)
+    assert 0.17 < len(test) / len(keys) < 0.23  # the documented 80/20
+    aita = get_task("aita")
+    ids = {s: {p.id for p in aita.pairs(data_dir, s, k, seed=0)} for s, k in (("train", 8), ("test", 4), ("multiclass", 12))}
+    assert ids["train"].isdisjoint(ids["test"]) and ids["train"] | ids["test"] == ids["multiclass"]
+    with pytest.raises(UserError, match="split 'test' has 2 usable NTA/YTA posts"):
+        aita.pairs(data_dir, "test", 5, seed=0)
+    refusal = get_task("refusal")
+    assert all(in_holdout_split(p.id, "train") for p in refusal.pairs(data_dir, "train", 8, seed=0))
+    with pytest.raises(UserError, match="have 0 benign and 2 harmful requests in split 'test'"):  # of the fixture's 14
+        refusal.pairs(data_dir, "test", 2, seed=0)

@@ -1,5 +1,6 @@
 """Training on the tiny model: loss goes down, λ=0 has no regulariser gradient, SIGKILL + resume, 2 processes."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -59,17 +60,16 @@ def _metrics(out: Path) -> list[dict]:
 def test_explanation_loss_ignores_prompt_tokens(tiny: Loaded, tables) -> None:
     lab, _ = behavior.read_table(tables[1])
     expl = T.encode_explanations(tiny.tokenizer, lab, 768, "labels")[:3]
-    ids, labels_, mask = T._left_pad_examples(expl, tiny.tokenizer.pad_token_id)
     with torch.no_grad():
-        ce_sum, n = T.explanation_terms(tiny.model, expl, tiny.tokenizer.pad_token_id)
-        loss = ce_sum / n
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logp = torch.log_softmax(tiny.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits, -1)
-    terms = [-logp[b, t - 1, labels_[b, t]] for b in range(3) for t in range(1, ids.shape[1]) if labels_[b, t] != -100]
-    n_prompt = sum(1 for b in range(3) for t in range(ids.shape[1]) if mask[b, t] and labels_[b, t] == -100)
+        ce_sum, n, _ = T.tree_terms(tiny.model, [[T.explanation_item(e)] for e in expl], [], tiny.tokenizer.pad_token_id)
+        terms = []
+        for ids, labels_ in expl:  # each example alone, full logits, loss read off the labelled positions by hand
+            logp = torch.log_softmax(tiny.model(input_ids=torch.tensor([ids])).logits[0], -1)
+            terms += [-logp[t - 1, labels_[t]] for t in range(1, len(ids)) if labels_[t] != -100]
+    n_prompt = sum(1 for _, labels_ in expl for t in labels_ if t == -100)
     assert n_prompt > 5 * len(terms)  # most tokens are prompt, and they are not in the loss
-    assert n == len(terms) and torch.isclose(loss, torch.stack(terms).mean(), atol=1e-5)
-    target_text = tiny.tokenizer.decode([t for t in labels_[0].tolist() if t != -100])
+    assert n == len(terms) and torch.isclose(ce_sum / n, torch.stack(terms).mean(), atol=1e-5)
+    target_text = tiny.tokenizer.decode([t for t in expl[0][1] if t != -100])
     assert target_text == lab["target"][0] + tiny.tokenizer.eos_token
 
 
@@ -79,8 +79,9 @@ def test_packed_tree_equals_separate_forwards(tiny: Loaded, tables) -> None:
     cfg = _cfg(tables, Path("unused"), weights=LossWeights(explanation=1.0, behavior_kl=1.0, sycophancy_reduction=0.5))
     kw = dict(cfg=cfg, expl=expl[:5], with_c=a[:6], without_c=b[:6], p_m0=np.roll(p[:6], 1, 1), p_m0_without=q[:6],
               choice_ids=cids, pad_id=tiny.tokenizer.pad_token_id)
+    apart = dataclasses.replace(kw.pop("cfg"), pack=False)  # every sequence in its own row
     with torch.no_grad():
-        packed, plain = T.step_losses(tiny.model, packed=5, **kw), T.step_losses(tiny.model, packed=0, **kw)
+        packed, plain = T.step_losses(tiny.model, cfg=cfg, packed=5, **kw), T.step_losses(tiny.model, cfg=apart, **kw)
     assert packed.keys() == plain.keys() == {"explanation", "behavior_kl", "sycophancy_reduction"}
     for k in packed:
         torch.testing.assert_close(packed[k], plain[k], atol=1e-4, rtol=1e-4)

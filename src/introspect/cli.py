@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from . import behavior, labels, metrics
 from .config import DATA_ENV, REPO_ROOT, UserError, data_root, read_jsonl, seed_everything, write_jsonl
@@ -26,6 +27,11 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def _task_options(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = {}
+    for item in args.task_option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--task-option takes KEY=VALUE (e.g. openings=no-I), got {item!r}")
+        opts[key] = yaml.safe_load(value)
     if args.task_format:
         opts["format"] = args.task_format
     return opts
@@ -172,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="behaviour of a model on both sides of every pair -> BehaviorTable")
     _add_common(p)
     p.add_argument("--task", default="hint-mmlu", choices=sorted(TASKS))
-    p.add_argument("--task-format", default=None, help="task prompt format (hint-mmlu: dot, paren, ...)")
+    p.add_argument("--task-format", default=None, help="task prompt format (hint-mmlu: dot, paren, ...; aita: words, verdict)")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                   help="any task option, repeatable (e.g. --task-option openings=no-I for refusal)")
     p.add_argument("--no-share-prefix", action="store_true", help="run x and x∖C as separate prompts")
     p.add_argument("--out", required=True, help="output Parquet path")
     p.set_defaults(fn=cmd_sample)

@@ -73,9 +73,13 @@ def checkpoint_hash(path: Path | None, base_hash: str) -> str:
 
 
 def compare(texts: Sequence[str], beh: pd.DataFrame, m0_beh: pd.DataFrame, choices: Sequence[str], *,
-            seed: int, n_boot: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Score explanations against E(M_t) (Self, from `beh`) and E(M0) (Orig, from `m0_beh`), same items, same resamples."""
-    e_self, e_m0 = label_frame(beh), label_frame(m0_beh)
+            seed: int, n_boot: int, orig_beh: pd.DataFrame | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Score explanations against E(M_t) (Self, from `beh`) and the fixed labels (Orig), same items, same resamples.
+
+    Orig is E(M0) from `m0_beh`, or E(label model) from `orig_beh` when the training labels came from another
+    model (cross-family). Drift is always measured against M0's own behaviour.
+    """
+    e_self, e_m0 = label_frame(beh), label_frame(m0_beh if orig_beh is None else orig_beh)
     self_items = metrics.items(texts, e_self["changed"], e_self["letter"], choices)
     orig_items = metrics.items(texts, e_m0["changed"], e_m0["letter"], choices)
     differs = ((e_self["changed"].to_numpy() != e_m0["changed"].to_numpy())
@@ -89,7 +93,7 @@ def compare(texts: Sequence[str], beh: pd.DataFrame, m0_beh: pd.DataFrame, choic
         "self_minus_orig": metrics.paired_difference(self_items, orig_items, seed=seed, n_boot=n_boot),
         "n_label_differs": int(differs.sum()),
         "drift": float(drift.mean()),
-        "agreement": float(1 - differs.mean()),  # fixed labels E(M0) vs the labels current behaviour gives E(M_t)
+        "agreement": float(1 - differs.mean()),  # fixed labels (Orig) vs the labels current behaviour gives E(M_t)
         "behavior_changed_rate": float(beh["changed"].mean()),
         "strata": {
             f"{name}_{'changed' if cls else 'unchanged'}": {
@@ -113,14 +117,14 @@ def compare(texts: Sequence[str], beh: pd.DataFrame, m0_beh: pd.DataFrame, choic
 
 def evaluate_one(model: Any, tok: Any, task: Task, pairs: Sequence[Pair], m0_beh: pd.DataFrame, *, seed: int,
                  n_boot: int, batch_size: int = 16, max_new_tokens: int = 40,
-                 beh: pd.DataFrame | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+                 beh: pd.DataFrame | None = None, orig_beh: pd.DataFrame | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
     """Generate explanations, re-sample B(M_t) (unless `beh` is given: M0's is already known), and compare."""
     t0 = time.time()
     texts = generate(model, tok, explanation_prompts(task, pairs), batch_size=batch_size,
                      max_new_tokens=max_new_tokens, progress=True)
     if beh is None:
         beh, _ = behavior.sample_behavior(model, tok, task, pairs, progress=True)
-    result, per_item = compare(texts, beh, m0_beh, task.choices, seed=seed, n_boot=n_boot)
+    result, per_item = compare(texts, beh, m0_beh, task.choices, seed=seed, n_boot=n_boot, orig_beh=orig_beh)
     result["seconds"] = round(time.time() - t0, 1)
     return result, per_item
 

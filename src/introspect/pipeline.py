@@ -6,6 +6,7 @@ Run directory layout (every stage can also be run alone with its own subcommand)
   RUN/train/labels.parquet      E(label model) on the training pairs (introspect label)
   RUN/train/checkpoints/step_*  LoRA adapters or full weights + sidecar meta.json (introspect train)
   RUN/eval/m0_behavior.parquet  B(M0) on the held-out eval pairs: the fixed labels E(M0) ("Orig")
+  RUN/eval/behavior_{label_model}.parquet  with label_model set: its behaviour there, whose labels are then "Orig"
   RUN/eval/step_*/result.json   Self/Orig per checkpoint, cached by (checkpoint hash, eval-set hash)
   RUN/eval/results.json         everything evaluate produced      (introspect evaluate)
   RUN/report.html, RUN/summary.md, RUN/figures/*.png             (introspect report)
@@ -166,7 +167,11 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
     m0_beh, m0_meta = behavior.read_table(m0_path)
     task = behavior.task_of(m0_meta)
     pairs = pairs_from_table(m0_beh, task)
-    e_m0 = label_frame(m0_beh)
+    orig_beh = None  # the behaviour the fixed labels come from: M0's own, or the label model's (cross-family)
+    if cfg.label_model:
+        orig_path = stage_sample(cfg, cfg.label_model, ev.split, ev.n, cfg.path("eval", f"behavior_{cfg.label_model}.parquet"))
+        orig_beh = behavior.read_table(orig_path)[0].set_index("pair_id").loc[m0_beh["pair_id"]].reset_index()
+    e_m0 = label_frame(m0_beh if orig_beh is None else orig_beh)  # "Orig"
     set_hash = eval_set_hash(pairs, e_m0)
     finetune = cfg.train_config().finetune
     results: dict[str, Any] = {"name": Path(cfg.run_dir).name, "eval_split": ev.split, "eval_set_hash": set_hash,
@@ -181,7 +186,8 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
             model = load_checkpoint_model(base, path, finetune) if path else base.model
             res, items = evaluate_one(model, base.tokenizer, task, pairs, m0_beh, seed=cfg.seed, n_boot=ev.n_boot,
                                       batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
-                                      beh=None if path else m0_beh)  # M0's behaviour on these pairs is known
+                                      beh=None if path else m0_beh,  # M0's behaviour on these pairs is known
+                                      orig_beh=orig_beh)
             res.update(step=step, checkpoint=str(path) if path else None, key=key)
             save_result(out, res, items)
             if path and finetune == "lora":

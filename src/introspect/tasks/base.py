@@ -7,6 +7,7 @@ fields below.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,20 @@ class Pair:
         d = asdict(self)
         d["choices"] = list(self.choices)
         return d
+
+
+HOLDOUT_SPLITS = ("train", "test")
+
+
+def in_holdout_split(key: str, split: str) -> bool:
+    """For data without its own train/test split: a fixed 80/20 partition by a hash of the row's id.
+
+    `split` "train" keeps rows whose sha256(key) mod 5 is 1-4, "test" those where it is 0; anything else keeps all.
+    The partition depends on the id only, never on n or the seed, so train and test pairs never share a row.
+    """
+    if split not in HOLDOUT_SPLITS:
+        return True
+    return (int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 5 == 0) == (split == "test")
 
 
 class Task(ABC):

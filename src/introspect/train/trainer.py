@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .. import behavior
+from .. import behavior, tree
 from ..behavior import _left_pad, choice_token_ids, encode_pairs, read_table, task_of
 from ..config import UserError, seed_everything, stable_hash
 from ..models import load_model, render_prompt
@@ -55,78 +55,41 @@ def encode_explanations(tok: Any, labels: Any, max_length: int, where: str) -> l
     return out
 
 
-def _left_pad_examples(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """Left-pad (ids, labels) so every target ends at the last column."""
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    lab = torch.full((len(examples), width), objectives.IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, (x, y) in enumerate(examples):
-        ids[i, width - len(x):], lab[i, width - len(y):], mask[i, width - len(x):] = torch.tensor(x), torch.tensor(y), 1
-    return ids, lab, mask
+Item = tuple[Sequence[int], int]  # (token ids, n): an explanation example with its last n tokens as targets, or n=0: a behaviour prompt
 
 
-def _positions(mask: torch.Tensor, offset: torch.Tensor | int = 0) -> torch.Tensor:
-    return offset + (mask.cumsum(-1) - 1).clamp(min=0)
+def tree_terms(model: Any, groups: Sequence[Sequence[Item]], choice_ids: behavior.Groups,
+               pad_id: int) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """Explanation CE and behaviour log-probs for groups of items, one prefix-tree row per group (`tree.py`).
 
-
-def _target_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed CE over the target tokens of left-padded rows, given logits for the last span+1 positions."""
-    span = logits.shape[1] - 1
-    targets = labels[:, labels.shape[1] - span:]  # logits[:, j] predicts the token one column later
-    keep = targets != objectives.IGNORE
-    n = int(keep.sum())
-    return objectives.explanation(logits=logits[:, :-1][keep], targets=targets[keep]) * n, n
-
-
-def _span(labels: torch.Tensor) -> int:
-    is_target = labels != objectives.IGNORE
-    return int((is_target.shape[1] - is_target.int().argmax(1)).max())  # longest target, in tokens
-
-
-def explanation_terms(model: Any, examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, int]:
-    """Explanation CE (summed, count) with the LM head run only over the target span, not the prompt.
-
-    Rows are left-padded, so every target ends at the last column (`logits_to_keep`, through the model's own
-    forward, so DDP and peft wrappers stay in the loop).
+    A group is e.g. one pair's [explanation example, x, x∖C]: their shared start (system turn, question, options,
+    and the hint for the explanation and x) runs once. The LM head runs only where a loss reads it: the positions
+    predicting target tokens and each behaviour prompt's last position.
+    Returns (CE summed over target tokens, target count, choice log-probs [behaviour prompts in order, C] or None).
     """
-    ids, labels, mask = _left_pad_examples(examples, pad_id)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
-                   logits_to_keep=_span(labels) + 1).logits
-    return _target_ce(logits, labels)
+    batch = tree.pack([[seq for seq, _ in g] for g in groups], pad_id)
+    wanted = [[c for (seq, n), path in zip(g, paths) for c in (path[len(seq) - n - 1:len(seq) - 1] if n else path[-1:])]
+              for g, paths in zip(groups, batch.paths)]
+    rows = tree.forward(model, batch, wanted)
+    target_logits, targets, last = [], [], []
+    for g, logits in zip(groups, rows):
+        at = 0
+        for seq, n in g:
+            if n:
+                target_logits.append(logits[at:at + n])
+                targets += list(seq[len(seq) - n:])
+            else:
+                last.append(logits[at])
+            at += max(n, 1)
+    n_tok = len(targets)
+    ce_sum = objectives.explanation(logits=torch.cat(target_logits), targets=torch.tensor(targets)) * n_tok if n_tok else torch.zeros(())
+    logp = torch.log_softmax(behavior.group_logits(torch.stack(last).float(), choice_ids), dim=-1) if last else None
+    return ce_sum, n_tok, logp
 
 
-def choice_logprobs(model: Any, prompts: Sequence[Sequence[int]], choice_ids: behavior.Groups, pad_id: int) -> torch.Tensor:
-    """log p(choice) renormalised over the choices at each prompt's answer position, with gradient [B, C]."""
-    ids, mask = _left_pad(prompts, pad_id)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=1).logits[:, -1]
-    return torch.log_softmax(behavior.group_logits(logits.float(), choice_ids), dim=-1)
-
-
-def packed_terms(model: Any, examples: Sequence[tuple[list[int], list[int]]], with_c: Sequence[Sequence[int]],
-                 without_c: Sequence[Sequence[int]], choice_ids: behavior.Groups, pad_id: int) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """Explanation CE and behaviour log-probs of the *same* pairs in one prefix tree.
-
-    The explanation prompt, x and x∖C of a pair share their start (system turn, question, options), so it runs
-    once, with gradient, and its KV cache feeds three branches: explanation rest + target, x rest, x∖C rest.
-    Returns (CE sum, target count, choice log-probs [2B, C] in rows x, x∖C, x, x∖C, ...).
-    """
-    roots = [min(behavior.common_prefix(e, x), behavior.common_prefix(e, xc), len(e) - len([t for t in lab if t != objectives.IGNORE]) - 1)
-             for (e, lab), x, xc in zip(examples, with_c, without_c)]
-    ids, mask = _left_pad([e[:r] for (e, _), r in zip(examples, roots)], pad_id)
-    cache = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
-                  logits_to_keep=1).past_key_values
-    cache.batch_repeat_interleave(3)  # rows 3i: explanation, 3i+1: x, 3i+2: x∖C
-    branches = [(seq[r:], lab) for (e, lab), x, xc, r in zip(examples, with_c, without_c, roots)
-                for seq, lab in ((e, lab[r:]), (x, []), (xc, []))]
-    b_ids, b_labels, b_mask = _left_pad_examples(branches, pad_id)
-    full_mask = torch.cat([mask.repeat_interleave(3, dim=0), b_mask], dim=1)
-    pos = _positions(b_mask, mask.sum(-1, keepdim=True).repeat_interleave(3, dim=0))
-    logits = model(input_ids=b_ids, attention_mask=full_mask, position_ids=pos, past_key_values=cache,
-                   logits_to_keep=_span(b_labels) + 1).logits
-    ce_sum, n = _target_ce(logits[0::3], b_labels[0::3])
-    rows = torch.stack([logits[1::3, -1], logits[2::3, -1]], dim=1).flatten(0, 1)
-    return ce_sum, n, torch.log_softmax(behavior.group_logits(rows.float(), choice_ids), dim=-1)
+def explanation_item(example: tuple[list[int], list[int]]) -> Item:
+    ids, labels = example
+    return ids, sum(1 for t in labels if t != objectives.IGNORE)
 
 
 def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int], list[int]]],
@@ -135,8 +98,9 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
                 gold: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """The loss terms for one micro-batch; a term with weight 0 is not computed (no forward, no gradient).
 
-    The first `packed` explanation examples are of the same pairs as the first `packed` behaviour pairs and run
-    in one prefix tree (`packed_terms`); the rest run as plain batches. Rows go through the model
+    The first `packed` explanation examples are of the same pairs as the first `packed` behaviour pairs: each such
+    pair's explanation example, x and x∖C run as one prefix tree (`tree_terms`); the remaining explanation examples
+    run alone, the remaining pairs as an (x, x∖C) tree (or apart with `pack: false`). Rows go through the model
     `cfg.rows_per_forward` at a time, length-sorted: on CPU padding costs more than batching saves.
     """
     w = cfg.weights
@@ -149,25 +113,29 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
         order = sorted(idx, key=length)
         return [order[i:i + size] for i in range(0, len(order), size)]
 
-    ce_sum, n_tok = torch.zeros(()), 0
-    rows: dict[int, torch.Tensor] = {}  # pair index -> log-probs [2, C] (x, x∖C)
-    for c in chunks(range(packed), lambda i: len(expl[i][0])):
-        s, n, lp = packed_terms(model, [expl[i] for i in c], [with_c[i] for i in c], [without_c[i] for i in c], choice_ids, pad_id)
-        ce_sum, n_tok = ce_sum + s, n_tok + n
-        rows.update({i: lp[2 * j:2 * j + 2] for j, i in enumerate(c)})
+    # (group, (pair index, side) of each behaviour item); side 0 = x, 1 = x∖C
+    groups: list[tuple[list[Item], list[tuple[int, int]]]] = []
+    for i in range(packed):  # a pair's explanation example, x and x∖C in one tree
+        groups.append(([explanation_item(expl[i]), (with_c[i], 0), (without_c[i], 0)], [(i, 0), (i, 1)]))
     if want_expl:
-        for c in chunks(range(packed, len(expl)), lambda i: len(expl[i][0])):
-            s, n = explanation_terms(model, [expl[i] for i in c], pad_id)
-            ce_sum, n_tok = ce_sum + s, n_tok + n
+        groups += [([explanation_item(expl[i])], []) for i in range(packed, len(expl))]
     if want_beh:
-        for c in chunks(range(packed, len(with_c)), lambda i: len(with_c[i])):
-            lp = choice_logprobs(model, [p for i in c for p in (with_c[i], without_c[i])], choice_ids, pad_id)
-            rows.update({i: lp[2 * j:2 * j + 2] for j, i in enumerate(c)})
+        for i in range(packed, len(with_c)):  # x and x∖C share their start; `pack: false` runs them apart
+            if cfg.pack:
+                groups.append(([(with_c[i], 0), (without_c[i], 0)], [(i, 0), (i, 1)]))
+            else:
+                groups += [([(with_c[i], 0)], [(i, 0)]), ([(without_c[i], 0)], [(i, 1)])]
+    ce_sum, n_tok = torch.zeros(()), 0
+    rows: dict[tuple[int, int], torch.Tensor] = {}  # (pair index, side) -> choice log-probs
+    for c in chunks(range(len(groups)), lambda j: sum(len(seq) for seq, _ in groups[j][0])):
+        s, n, lp = tree_terms(model, [groups[j][0] for j in c], choice_ids, pad_id)
+        ce_sum, n_tok = ce_sum + s, n_tok + n
+        rows.update(zip((key for j in c for key in groups[j][1]), lp if lp is not None else []))
     losses: dict[str, torch.Tensor] = {}
     if want_expl:
         losses["explanation"] = ce_sum / n_tok
     if want_beh:
-        logp = torch.cat([rows[i] for i in range(len(with_c))])  # rows 2i: x, 2i+1: x∖C
+        logp = torch.stack([rows[i, side] for i in range(len(with_c)) for side in (0, 1)])  # rows 2i: x, 2i+1: x∖C
         ref = torch.tensor(np.stack([p_m0, p_m0_without], axis=1).reshape(len(logp), -1), dtype=torch.float32)
         if w.behavior_kl > 0:
             losses["behavior_kl"] = objectives.behavior_kl(logp=logp, p_m0=ref)

@@ -1,0 +1,105 @@
+"""Prefix-tree packing: several token sequences that share prefixes run as ONE row of one forward pass.
+
+The sequences of a group (e.g. a pair's explanation prompt, x and x∖C) are merged into a radix tree of token
+segments; the row holds every segment once, in depth-first order, and a 4-D boolean attention mask lets each token
+see only its own segment (causally) and the segments on its path to the root. Position ids are each token's index
+in its own sequence, so every sequence gets exactly the logits it would get alone (up to float rounding), while
+shared prefixes are computed once and nothing is padded inside a row. Rows (one group each) are right-padded to
+the batch's longest; a pad token sees only itself.
+
+    batch = pack([[x, x_without], ...], pad_id)
+    logits = forward(model, batch, batch.last_columns())   # per row: [sequences, V], the next-token logits
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+
+@dataclass
+class TreeBatch:
+    input_ids: torch.Tensor  # [B, L]
+    position_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, 1, L, L] bool, True = may attend
+    paths: list[list[list[int]]]  # [row][sequence] -> the row column of each of the sequence's tokens
+
+    def last_columns(self) -> list[list[int]]:
+        """[row][sequence] -> column whose logits predict the token after the sequence."""
+        return [[p[-1] for p in row] for row in self.paths]
+
+
+
+def _radix(seqs: Sequence[Sequence[int]], members: list[int], start: int, parent: int,
+           segs: list[tuple[int, int, int, int]], ends: dict[int, int]) -> None:
+    """Append (sequence, start, end, parent) segments for `members`, which agree on tokens [0, start)."""
+    end = start
+    while all(len(seqs[m]) > end for m in members) and len({seqs[m][end] for m in members}) == 1:
+        end += 1
+    me = len(segs)
+    segs.append((members[0], start, end, parent))
+    groups: dict[int, list[int]] = {}
+    for m in members:
+        if len(seqs[m]) == end:
+            ends[m] = me
+        else:
+            groups.setdefault(seqs[m][end], []).append(m)
+    for g in groups.values():
+        _radix(seqs, g, end, me, segs, ends)
+
+
+def _row(seqs: Sequence[Sequence[int]]) -> tuple[list[int], list[int], torch.Tensor, list[list[int]]]:
+    """One group's tokens, positions, [n, n] mask and per-sequence column paths."""
+    if not seqs or any(len(s) == 0 for s in seqs):
+        raise ValueError("prefix-tree packing needs non-empty sequences")
+    segs: list[tuple[int, int, int, int]] = []
+    ends: dict[int, int] = {}
+    _radix(seqs, list(range(len(seqs))), 0, -1, segs, ends)
+    ids, pos, seg_of, first_col = [], [], [], []
+    for k, (m, a, b, _) in enumerate(segs):  # depth-first order: a parent precedes its children
+        first_col.append(len(ids))
+        ids += list(seqs[m][a:b])
+        pos += list(range(a, b))
+        seg_of += [k] * (b - a)
+    visible = torch.eye(len(segs), dtype=torch.bool)  # visible[s, t]: segment s may see segment t
+    for k, (_, _, _, parent) in enumerate(segs):
+        if parent >= 0:
+            visible[k] |= visible[parent]
+    s = torch.tensor(seg_of)
+    mask = visible[s][:, s] & torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
+    paths = []
+    for m in range(len(seqs)):
+        chain, k = [], ends[m]
+        while k >= 0:
+            chain.append(k)
+            k = segs[k][3]
+        paths.append([first_col[k] + i for k in reversed(chain) for i in range(segs[k][2] - segs[k][1])])
+    return ids, pos, mask, paths
+
+
+def pack(groups: Sequence[Sequence[Sequence[int]]], pad_id: int) -> TreeBatch:
+    """One row per group of sequences (each group is packed as a prefix tree), right-padded to the longest row."""
+    rows = [_row(g) for g in groups]
+    width = max(len(r[0]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1, 1)  # pads see themselves only
+    for b, (i, p, m, _) in enumerate(rows):
+        ids[b, :len(i)], pos[b, :len(p)], mask[b, 0, :len(i), :len(i)] = torch.tensor(i), torch.tensor(p), m
+    return TreeBatch(ids, pos, mask, [r[3] for r in rows])
+
+
+def tokens(groups: Sequence[Sequence[Sequence[int]]]) -> int:
+    """Tokens a packed batch computes (before padding): the shared prefixes counted once."""
+    return sum(len(_row(g)[0]) for g in groups)
+
+
+def forward(model: Any, batch: TreeBatch, wanted: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Logits at the given columns of each row ([row] -> [len(wanted[row]), V]); the LM head runs on those only."""
+    keep = sorted({c for cols in wanted for c in cols})
+    at = {c: j for j, c in enumerate(keep)}
+    logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
+                   logits_to_keep=torch.tensor(keep, dtype=torch.long)).logits
+    return [logits[b, [at[c] for c in cols]] for b, cols in enumerate(wanted)]

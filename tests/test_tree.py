@@ -1,0 +1,42 @@
+"""Prefix-tree packing gives every sequence the logits it gets alone, computes shared prefixes once."""
+
+import torch
+
+from introspect import tree
+from introspect.models import Loaded
+
+
+def _alone(model, seq: list[int]) -> torch.Tensor:
+    return model(input_ids=torch.tensor([seq])).logits[0]
+
+
+def test_tree_rows_match_separate_forwards(tiny: Loaded) -> None:
+    g = torch.Generator().manual_seed(0)
+    r = lambda n: torch.randint(5, 1000, (n,), generator=g).tolist()  # noqa: E731
+    trunk, hint = r(20), r(6)
+    groups = [
+        [trunk + hint + r(4), trunk + r(3), trunk + hint + r(9)],  # explanation-like, x-like, x∖C-like
+        [r(7), r(5)],  # nothing shared (empty root)
+        [trunk[:10], trunk[:10] + r(3), trunk[:10]],  # a sequence that is a prefix of another, and a duplicate
+    ]
+    batch = tree.pack(groups, pad_id=0)
+    assert batch.input_ids.shape == (3, 20 + 6 + 4 + 3 + 9)  # the first row is the longest; the others are padded
+    assert tree.tokens(groups) == 42 + 12 + 13
+    every = [[c for p in paths for c in p] for paths in batch.paths]
+    with torch.no_grad():
+        got = tree.forward(tiny.model, batch, every)
+        for g_, paths, logits in zip(groups, batch.paths, got):
+            at = 0
+            for seq, p in zip(g_, paths):
+                torch.testing.assert_close(logits[at:at + len(p)], _alone(tiny.model, seq), atol=1e-4, rtol=1e-4)
+                assert batch.input_ids[groups.index(g_), p].tolist() == seq
+                at += len(p)
+
+
+def test_mask_hides_sibling_branches() -> None:
+    batch = tree.pack([[[1, 2, 3], [1, 2, 4, 5]]], pad_id=0)
+    assert batch.input_ids[0].tolist() == [1, 2, 3, 4, 5] and batch.position_ids[0].tolist() == [0, 1, 2, 2, 3]
+    m = batch.attention_mask[0, 0]
+    assert m[3, :3].tolist() == [True, True, False]  # token 4 sees 1, 2 but not its sibling 3
+    assert m[4].tolist() == [True, True, False, True, True]
+    assert batch.last_columns() == [[2, 4]]
