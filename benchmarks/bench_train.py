@@ -28,7 +28,6 @@ from introspect.config import data_root, seed_everything, set_threads, write_jso
 from introspect.models import load_model
 from introspect.tasks import get_task
 from introspect.train import LoraSpec, LossWeights, TrainConfig
-from introspect.train import objectives
 from introspect.train import trainer as T
 
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .. import behavior, tree
-from ..behavior import _left_pad, choice_token_ids, encode_pairs, read_table, task_of
+from ..behavior import choice_token_ids, encode_pairs, read_table, task_of
 from ..config import UserError, seed_everything, stable_hash
 from ..models import load_model, render_prompt
 from ..tasks import Pair
