@@ -4,14 +4,18 @@
 
   (a) ancestor: TransluceAI/introspective-interp `recompute_labels_hint` — fp32, one prompt per forward, full
       logits, argmax of the next token over the whole vocabulary (re-implemented here; their code is not vendored).
-  (b) ours: `introspect.behavior.score_pairs` — bf16 autocast, length-bucketed batches, shared-prefix KV reuse,
-      fp32 head at the answer position only, near-ties (margin < --verify-margin) re-scored in fp32. Also ours
-      without the fp32 re-check, ours without prefix sharing, and ours in fp32.
+  (b) ours: `introspect.behavior.score_pairs` — bf16 autocast, length-bucketed batches, the system turn's KV
+      cache reused by every row, two pairs per prefix-tree row, fp32 head at the answer positions only, pairs with
+      a near-tie (margin < --verify-margin) re-scored in fp32. Also ours without the fp32 re-check, ours without
+      prefix sharing, and ours in fp32.
   (c) lm-evaluation-harness HFLM.loglikelihood on the same requests (context = prompt, continuation = each choice).
   (r) roofline: a plain batched bf16 forward over the same prompts (length-sorted, no bookkeeping).
 
-Reports pairs/s, tokens/s (prompt tokens of both sides, the same count for every method), ratios, and answer
-agreement with (a) per prompt, listing the disagreements. Writes JSON to --out.
+Ours and the ancestor run once on a few pairs first, untimed (warm-up). Then the pairs are split into --chunks
+chunks and every method runs on each chunk in turn (round-robin, the order rotating), so drift of this machine's
+speed during the run hits all methods alike; a method's time is the sum over chunks. Reports pairs/s, tokens/s
+(prompt tokens of both sides, the same count for every method), ratios, and answer agreement with (a) per prompt,
+listing the disagreements. Writes JSON to --out.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from introspect.behavior import VERIFY_MARGIN, _left_pad, autocast, choice_token_ids, encode_pairs, score_pairs
 from introspect.config import data_root, seed_everything, set_threads, write_jsonl
@@ -54,11 +59,15 @@ def roofline(model: Any, prompts: list[list[int]], pad_id: int, batch_size: int)
             model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
 
 
-def lm_eval_answers(model: Any, tok: Any, texts: list[str], continuations: list[str], batch_size: int) -> list[int]:
-    from lm_eval.api.instance import Instance
+def lm_eval_model(model: Any, tok: Any, batch_size: int) -> Any:
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+    return HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+
+
+def lm_eval_answers(lm: Any, texts: list[str], continuations: list[str]) -> list[int]:
+    from lm_eval.api.instance import Instance
+
     reqs = [Instance("loglikelihood", {}, (t, c), idx=j) for t in texts for j, c in enumerate(continuations)]
     ll = np.array([r[0] for r in lm.loglikelihood(reqs, disable_tqdm=True)]).reshape(len(texts), len(continuations))
     return ll.argmax(1).tolist()
@@ -73,6 +82,7 @@ def main() -> None:
     ap.add_argument("--task-format", default=None)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--verify-margin", type=float, default=VERIFY_MARGIN)
+    ap.add_argument("--chunks", type=int, default=2, help="the pairs are timed in this many round-robin chunks")
     ap.add_argument("--skip", nargs="*", default=[], help="methods to skip: ancestor lm_eval fp32 noshare")
     ap.add_argument("--out", default="benchmarks/results/bench_sampling.json")
     args = ap.parse_args()
@@ -89,46 +99,73 @@ def main() -> None:
     letters = np.array(task.choices)
     print(f"{args.n} pairs ({len(prompts)} prompts, {tokens} tokens, format {task.options()['format']}), "
           f"model {args.model}, {threads} threads")
-    results: dict[str, dict[str, Any]] = {}
-
-    def record(name: str, answers: list[str] | None, seconds: float) -> None:
-        results[name] = {"seconds": round(seconds, 2), "pairs_per_s": round(args.n / seconds, 3),
-                         "tokens_per_s": round(tokens / seconds, 1), "answers": answers}
-        print(f"{name:<22} {seconds:8.1f}s  {args.n / seconds:7.2f} pairs/s  {tokens / seconds:8.0f} tokens/s", flush=True)
-
     kw = dict(pad_id=tok.pad_token_id, batch_size=args.batch_size)
-    res, dt = timed(lambda: score_pairs(model, a, b, cids, precision="bf16", share_prefix=True,
-                                        verify_margin=args.verify_margin, **kw))
-    record("ours", [*letters[res["logp"].argmax(1)], *letters[res["logp_without"].argmax(1)]], dt)
-    print(f"  ({len(res.get('verified', []))} of {len(prompts)} prompts re-scored in fp32 at margin < {args.verify_margin})")
-    res, dt = timed(lambda: score_pairs(model, a, b, cids, precision="bf16", share_prefix=True, **kw))
-    record("ours_bf16_unverified", [*letters[res["logp"].argmax(1)], *letters[res["logp_without"].argmax(1)]], dt)
-    if "noshare" not in args.skip:
-        res, dt = timed(lambda: score_pairs(model, a, b, cids, precision="bf16", share_prefix=False, **kw))
-        record("ours_no_prefix_share", [*letters[res["logp"].argmax(1)], *letters[res["logp_without"].argmax(1)]], dt)
-    if "fp32" not in args.skip:
-        res, dt = timed(lambda: score_pairs(model, a, b, cids, precision="fp32", share_prefix=True, **kw))
-        record("ours_fp32", [*letters[res["logp"].argmax(1)], *letters[res["logp_without"].argmax(1)]], dt)
-    _, dt = timed(lambda: roofline(model, prompts, tok.pad_token_id, 2 * args.batch_size))
-    record("roofline_bf16_forward", None, dt)
-    if "ancestor" not in args.skip:
-        ans, dt = timed(lambda: ancestor(model, tok, prompts))
-        record("ancestor", ans, dt)
+    verified = [0]
+
+    def ours(precision: str, share: bool, margin: float) -> Callable[[np.ndarray], list[str]]:
+        def run(idx: np.ndarray) -> list[str]:
+            res = score_pairs(model, [a[i] for i in idx], [b[i] for i in idx], cids, precision=precision,
+                              share_prefix=share, verify_margin=margin, **kw)
+            verified[0] += len(res.get("verified", [])) if margin else 0
+            return [*letters[res["logp"].argmax(1)], *letters[res["logp_without"].argmax(1)]]
+        return run
+
+    def side_prompts(idx: np.ndarray) -> list[list[int]]:
+        return [a[i] for i in idx] + [b[i] for i in idx]
+
+    methods: dict[str, Callable[[np.ndarray], list[str] | None]] = {
+        "ours": ours("bf16", True, args.verify_margin),
+        "ours_bf16_unverified": ours("bf16", True, 0.0),
+        "ours_no_prefix_share": ours("bf16", False, 0.0),
+        "ours_fp32": ours("fp32", True, 0.0),
+        "roofline_bf16_forward": lambda idx: roofline(model, side_prompts(idx), tok.pad_token_id, 2 * args.batch_size),
+        "ancestor": lambda idx: ancestor(model, tok, side_prompts(idx)),
+    }
+    skip_name = {"ours_no_prefix_share": "noshare", "ours_fp32": "fp32", "ancestor": "ancestor"}
+    methods = {k: f for k, f in methods.items() if skip_name.get(k) not in args.skip}
     lm_eval_note = None
     if "lm_eval" not in args.skip:
         try:
+            lm = lm_eval_model(model, tok, 2 * args.batch_size)
             texts = [render_prompt(tok, p.messages, task.assistant_prefix) for p in pairs]
             texts += [render_prompt(tok, p.messages_without, task.assistant_prefix) for p in pairs]
-            idx, dt = timed(lambda: lm_eval_answers(model, tok, texts, list(task.continuations), 2 * args.batch_size))
-            record("lm_eval_hf", list(letters[idx]), dt)
+            methods["lm_eval_hf"] = lambda idx: list(letters[lm_eval_answers(
+                lm, [texts[i] for i in idx] + [texts[args.n + i] for i in idx], list(task.continuations))])
         except ImportError as e:
             lm_eval_note = f"lm_eval not importable ({e}); install with `pip install lm_eval` or `make bench`"
             print(lm_eval_note)
 
+    # warm-up, untimed: the first bf16 and fp32 forwards of a process pay one-time kernel set-up costs
+    score_pairs(model, a[:8], b[:8], cids, precision="bf16", verify_margin=1e9, **kw)
+    ancestor(model, tok, prompts[:2])
+    verified[0] = 0
+    # round-robin over chunks of pairs, the method order rotating each round: drift of the machine's speed during
+    # the run hits every method alike
+    chunks = np.array_split(np.arange(args.n), args.chunks)
+    seconds = {k: [] for k in methods}
+    answers: dict[str, list[str | None]] = {k: [None] * len(prompts) for k in methods}
+    names = list(methods)
+    for c, idx in enumerate(tqdm(chunks, desc="chunks")):
+        for name in names[c % len(names):] + names[:c % len(names)]:
+            out, dt = timed(lambda: methods[name](idx))
+            seconds[name].append(round(dt, 2))
+            if out is not None:
+                for j, i in enumerate(idx):
+                    answers[name][i], answers[name][args.n + i] = out[j], out[len(idx) + j]
+    results: dict[str, dict[str, Any]] = {}
+    for name in methods:
+        total = sum(seconds[name])
+        results[name] = {"seconds": round(total, 2), "seconds_per_chunk": seconds[name],
+                         "pairs_per_s": round(args.n / total, 3), "tokens_per_s": round(tokens / total, 1),
+                         "answers": None if answers[name][0] is None else answers[name]}
+        print(f"{name:<22} {total:8.1f}s  {args.n / total:7.2f} pairs/s  {tokens / total:8.0f} tokens/s", flush=True)
+    print(f"  ours re-scored {verified[0]} of {len(prompts)} prompts in fp32 (margin < {args.verify_margin})")
+
     ref = results.get("ancestor", results.get("ours_fp32"))
     ref_name = "ancestor" if "ancestor" in results else "ours_fp32"
     summary: dict[str, Any] = {"n_pairs": args.n, "n_prompts": len(prompts), "tokens": tokens, "threads": threads,
-                               "format": task.options()["format"], "reference": ref_name, "lm_eval_note": lm_eval_note}
+                               "format": task.options()["format"], "reference": ref_name, "lm_eval_note": lm_eval_note,
+                               "chunks": args.chunks, "fp32_rescored_prompts": verified[0]}
     print(f"\nratios and agreement with {ref_name} (per prompt):")
     for name, r in results.items():
         line = {"speedup_vs_ancestor": round(results["ancestor"]["seconds"] / r["seconds"], 2) if "ancestor" in results else None,

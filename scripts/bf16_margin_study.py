@@ -2,8 +2,9 @@
 
     python scripts/bf16_margin_study.py --n 200 --out docs/bf16_margin_study.json
 
-Scores the same prompts in bf16 and fp32 (shared-prefix path) and reports, per threshold t, how many prompts have a
-bf16 top-two margin below t (these would be re-scored in fp32) and the answer agreement with fp32 afterwards.
+Scores the same pairs in bf16 and fp32 (shared-prefix path) and reports, per threshold t, how many pairs have a
+bf16 top-two margin below t on either side (`score_pairs` re-scores these pairs in fp32) and the per-prompt answer
+agreement with fp32 afterwards.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ def main() -> None:
     margin = top2[:, 1] - top2[:, 0]
     err = np.abs((l16 - l16.max(1, keepdims=True)) - (l32 - l32.max(1, keepdims=True))).max(1)
     rows = []
-    for t in (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2):
-        close = margin < t
-        final = np.where(close, l32.argmax(1), l16.argmax(1))
-        rows.append({"threshold": t, "prompts_rescored": int(close.sum()), "share_rescored": round(float(close.mean()), 3),
+    n = len(pairs)
+    for t in (0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1):
+        close_pair = (margin[:n] < t) | (margin[n:] < t)
+        final = np.where(np.concatenate([close_pair, close_pair]), l32.argmax(1), l16.argmax(1))
+        rows.append({"threshold": t, "pairs_rescored": int(close_pair.sum()), "share_rescored": round(float(close_pair.mean()), 3),
                      "agreement_with_fp32": round(float((final == l32.argmax(1)).mean()), 4)})
         print(rows[-1])
     summary = {"format": args.task_format, "n_prompts": len(l16), "median_abs_logp_error": round(float(np.median(err)), 4),

@@ -112,3 +112,44 @@ def test_verify_margin_rescores_near_ties_in_fp32(tiny: Loaded, data_dir: Path) 
     np.testing.assert_allclose(every["logp"], f32["logp"], atol=1e-5)
     none = behavior.score_pairs(tiny.model, a, b, cids, precision="bf16", verify_margin=1e-12, **kw)
     assert len(none["verified"]) == 0
+
+
+def test_shared_prefix_leaves_a_token_to_score() -> None:
+    assert behavior.shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert behavior.shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # identical prompts keep their last token
+    assert behavior.shared_prefix([[7], [7, 8]]) == 0
+
+
+@pytest.mark.parametrize("share_root", [True, False])
+def test_groups_share_prefixes_exactly(tiny: Loaded, data_dir: Path, share_root: bool) -> None:
+    """Prefix-tree rows of several pairs (with and without the system turn's cache) give each prompt's own scores."""
+    task = get_task("hint-mmlu")
+    pairs = task.pairs(data_dir, "val", 5, seed=2)
+    a, b = behavior.encode_pairs(tiny.tokenizer, task, pairs)
+    cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+    groups = [[a[0], b[0], a[1], b[1], a[2]], [b[2]], [a[3], b[3], a[4], b[4]]]
+    lp, top = behavior.score_groups(tiny.model, groups, cids, pad_id=tiny.tokenizer.pad_token_id, rows_per_batch=2,
+                                    precision="fp32", share_root=share_root)
+    flat = [p for g in groups for p in g]
+    assert lp.shape == (len(flat), len(cids)) and top.shape == (len(flat),)
+    for i, ids in enumerate(flat):
+        np.testing.assert_allclose(lp[i], _direct(tiny.model, ids, cids), atol=1e-4)
+        with torch.no_grad():
+            assert top[i] == int(tiny.model(torch.tensor([ids])).logits[0, -1].argmax())
+
+
+def test_groups_on_a_sliding_window_model(tiny: Loaded) -> None:
+    """Gemma 3 style layers: the shared root cache and packed rows keep each prompt's own scores."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"], attn_implementation="sdpa")
+    model = Gemma3ForCausalLM(config).eval()
+    stem = [1, 2, 3, 4, 5, 6]  # longer than the window: the root cache is capped at window - 1 tokens
+    groups = [[stem + [7, 8, 9, 10], stem + [11]], [stem + [7, 8, 12, 13, 14, 15, 16]], [stem + [17, 18]]]
+    cids = [[20], [21], [22]]
+    lp, _ = behavior.score_groups(model, groups, cids, pad_id=0, rows_per_batch=2, precision="fp32")
+    for i, ids in enumerate(p for g in groups for p in g):
+        np.testing.assert_allclose(lp[i], _direct(model, ids, cids), atol=1e-4)

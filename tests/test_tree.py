@@ -40,3 +40,23 @@ def test_mask_hides_sibling_branches() -> None:
     assert m[3, :3].tolist() == [True, True, False]  # token 4 sees 1, 2 but not its sibling 3
     assert m[4].tolist() == [True, True, False, True, True]
     assert batch.last_columns() == [[2, 4]]
+
+
+def test_sliding_window_layers_see_what_the_model_would() -> None:
+    """Gemma 3 style models (sliding-window layers): packed rows still give each sequence its own logits."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"], attn_implementation="sdpa")
+    model = Gemma3ForCausalLM(config).eval()
+    seqs = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 10, 11, 12, 13], [1, 2, 3, 14]]
+    batch = tree.pack([seqs], pad_id=0)
+    with torch.no_grad():
+        packed = tree.forward(model, batch, [[c for path in batch.paths[0] for c in path]])[0]
+        k = 0
+        for s in seqs:
+            alone = model(torch.tensor([s])).logits[0]
+            torch.testing.assert_close(packed[k:k + len(s)], alone, atol=1e-4, rtol=1e-4)
+            k += len(s)

@@ -4,9 +4,10 @@ The answer is read from the next-token logits at the answer position (one forwar
 multiple choice over a fixed choice set), never from free generation. Speed comes from:
   * bf16 autocast on CPU (AVX-512 bf16),
   * batches bucketed by length (little padding),
-  * prefix sharing: x and x∖C share everything up to the feature, so the shared prefix is run once and its KV
-    cache is reused for both suffixes (`share_prefix=True`),
-  * the LM head applied at the answer position only, in fp32 (all rows are left-padded, so it is the last one).
+  * prefix sharing: x and x∖C share everything up to the feature, and every prompt shares the system turn, so
+    two pairs run as one prefix-tree row (`tree.py`): each shared prefix is computed once, the short suffixes
+    branch off it (`share_prefix=True`),
+  * the LM head applied at the answer positions only, in fp32.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,12 +27,14 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from . import tree
 from .config import UserError, atomic_path, stable_hash
 from .models import render_prompt
 from .tasks import Pair, Task
 
 META_KEY = b"introspect"
-VERIFY_MARGIN = 0.02  # bf16 near-ties closer than this (nats) are re-scored in fp32; see docs/benchmarks.md
+VERIFY_MARGIN = 0.015  # bf16 near-ties closer than this (nats) are re-scored in fp32; see docs/benchmarks.md
+PAIRS_PER_ROW = 2  # pairs packed into one prefix-tree row when sampling; see docs/benchmarks.md
 
 
 Groups = list[list[int]]
@@ -96,50 +99,65 @@ def _head_logprobs(model: Any, hidden: torch.Tensor, choice_ids: Groups) -> tupl
     return group_logits(logp, choice_ids).numpy(), logits.argmax(-1).numpy()
 
 
-def _extend(model: Any, segments: Sequence[Sequence[int]], pad_id: int, cache: Any = None,
-            past_mask: torch.Tensor | None = None, keep_cache: bool = True) -> tuple[torch.Tensor, Any, torch.Tensor]:
-    """Run one left-padded segment per row after an optional KV cache; return last hidden state, cache, mask."""
-    ids, mask = _left_pad(segments, pad_id)
-    offset = past_mask.sum(-1, keepdim=True) if past_mask is not None else 0
-    pos = offset + (mask.cumsum(-1) - 1).clamp(min=0)
-    full = mask if past_mask is None else torch.cat([past_mask, mask], dim=1)
-    out = model.get_decoder()(input_ids=ids, attention_mask=full, position_ids=pos, past_key_values=cache,
-                              use_cache=keep_cache)
-    return out.last_hidden_state[:, -1], out.past_key_values, full
-
-
-def _batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    for i in range(0, len(order), batch_size):
-        yield order[i:i + batch_size]
+def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix every prompt shares, leaving at least one token of each to score."""
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
 
 
 @torch.no_grad()
-def score_prompts(model: Any, prompts: Sequence[Sequence[int]], choice_ids: Groups, *, pad_id: int,
-                  batch_size: int = 4, precision: str = "bf16", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Choice log-probs [N, C] and vocab argmax [N] at the last position of each prompt (length-bucketed batches)."""
-    out = np.zeros((len(prompts), len(choice_ids)), dtype=np.float32)
-    top = np.zeros(len(prompts), dtype=np.int64)
-    order = np.argsort([len(p) for p in prompts], kind="stable")
-    with autocast(precision), tqdm(total=len(prompts), disable=not progress, desc=f"score ({precision})", unit="prompt") as bar:
-        for idx in _batches(order, batch_size):
-            hidden, _, _ = _extend(model, [prompts[i] for i in idx], pad_id, keep_cache=False)
-            out[idx], top[idx] = _head_logprobs(model, hidden, choice_ids)
-            bar.update(len(idx))
+def score_groups(model: Any, groups: Sequence[Sequence[Sequence[int]]], choice_ids: Groups, *, pad_id: int,
+                 rows_per_batch: int = 2, precision: str = "bf16", share_root: bool = True, progress: bool = False,
+                 desc: str = "score") -> tuple[np.ndarray, np.ndarray]:
+    """Choice log-probs [N, C] and vocab argmax [N] after each prompt, N = all prompts of all groups in order.
+
+    With `share_root`, the prefix every prompt shares (the system turn) runs once and its KV cache is reused by every
+    row. Each group of prompts runs as one prefix-tree row (`tree.py`): the prefixes its prompts share are computed
+    once. Rows are sorted by length and batched `rows_per_batch` at a time (little padding).
+    """
+    autocast(precision)  # validates the name before any work
+    offsets = np.cumsum([0, *map(len, groups)])
+    out = np.zeros((offsets[-1], len(choice_ids)), dtype=np.float32)
+    top = np.zeros(offsets[-1], dtype=np.int64)
+    order = np.argsort([sum(map(len, g)) for g in groups], kind="stable")
+    root = shared_prefix([p for g in groups for p in g]) if share_root and len(groups) > 1 else 0
+    root = min(root, (tree.sliding_window(model) or root + 1) - 1)  # a sliding-window cache keeps window - 1 tokens
+    decoder = model.get_decoder()
+    with autocast(precision), tqdm(total=len(groups), disable=not progress, desc=f"{desc} ({precision})") as bar:
+        root_cache = decoder(input_ids=torch.tensor([groups[0][0][:root]]), use_cache=True).past_key_values if root else None
+        for i in range(0, len(order), rows_per_batch):
+            rows = order[i:i + rows_per_batch]
+            batch = tree.pack([[p[root:] for p in groups[r]] for r in rows], pad_id)
+            cache, mask, pos = None, batch.attention_mask, batch.position_ids + root
+            if root_cache is not None:
+                cache = copy.deepcopy(root_cache)
+                cache.batch_repeat_interleave(len(rows))
+                mask = torch.cat([mask.new_ones(*mask.shape[:3], root), mask], dim=-1)
+            k_pos = torch.cat([torch.arange(root).expand(len(rows), -1), pos], dim=1)
+            hidden = decoder(input_ids=batch.input_ids, position_ids=pos, past_key_values=cache, use_cache=cache is not None,
+                             attention_mask=tree.model_mask(model, mask, pos, k_pos)).last_hidden_state
+            cols = batch.last_columns()
+            at = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
+            out[at], top[at] = _head_logprobs(model, torch.cat([hidden[b, c] for b, c in enumerate(cols)]), choice_ids)
+            bar.update(len(rows))
     return out, top
+
+
+def score_prompts(model: Any, prompts: Sequence[Sequence[int]], choice_ids: Groups, *, pad_id: int,
+                  batch_size: int = 8, precision: str = "bf16", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Choice log-probs [N, C] and vocab argmax [N] at the last position of each prompt, each prompt alone."""
+    return score_groups(model, [[p] for p in prompts], choice_ids, pad_id=pad_id, rows_per_batch=batch_size,
+                        precision=precision, share_root=False, progress=progress)
 
 
 def _margin(logp: np.ndarray) -> np.ndarray:
     top2 = np.sort(logp, axis=1)[:, -2:]
     return top2[:, 1] - top2[:, 0]
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the shared token prefix, leaving at least one token of each side to score."""
-    n = 0
-    limit = min(len(a), len(b)) - 1
-    while n < limit and a[n] == b[n]:
-        n += 1
-    return n
 
 
 @torch.no_grad()
@@ -148,62 +166,38 @@ def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence
                 share_prefix: bool = True, verify_margin: float = 0.0, progress: bool = False) -> dict[str, np.ndarray]:
     """Choice log-probs on both sides of every pair.
 
-    `verify_margin` > 0 (bf16 only): prompts whose top-two choice log-probs are closer than this are re-scored in
-    fp32 (the whole pair when both sides are close), so near-ties are decided as an fp32 model decides them.
-    `verified` lists the re-scored prompts (i for x, n + i for x∖C).
+    With `share_prefix`, PAIRS_PER_ROW pairs form one prefix-tree row: the system turn's KV cache (computed once)
+    is reused by every row, each pair's question and options run once, and the two short suffixes (feature + end of
+    turn) branch off them; `batch_size` pairs run per forward. Without it, every prompt is its own row.
 
-    With `share_prefix`, three nested segments run once each: the prefix common to every prompt (system turn),
-    once for the whole set; each pair's common prefix (question and options), once per pair; then the two
-    suffixes (feature + end of turn) on top of a copy of the pair's KV cache.
+    `verify_margin` > 0 (bf16 only): pairs where either side's top-two choice log-probs are closer than this are
+    re-scored in fp32, so near-ties are decided as an fp32 model decides them. `verified` lists the re-scored
+    prompts (i for x, n + i for x∖C).
     """
     n = len(with_c)
+    if share_prefix:
+        per_row = min(PAIRS_PER_ROW, batch_size)
+        groups = [[p for i in range(k, min(k + per_row, n)) for p in (with_c[i], without_c[i])]
+                  for k in range(0, n, per_row)]
+        lp, top = score_groups(model, groups, choice_ids, pad_id=pad_id, rows_per_batch=max(1, batch_size // per_row),
+                               precision=precision, progress=progress, desc="sample")
+        lp, top = lp.reshape(n, 2, -1), top.reshape(n, 2)
+        res = {"logp": lp[:, 0], "logp_without": lp[:, 1], "top": top[:, 0], "top_without": top[:, 1]}
+    else:
+        lp, top = score_prompts(model, [*with_c, *without_c], choice_ids, pad_id=pad_id, batch_size=2 * batch_size,
+                                precision=precision, progress=progress)
+        res = {"logp": lp[:n], "logp_without": lp[n:], "top": top[:n], "top_without": top[n:]}
+    res = {k: np.ascontiguousarray(v) for k, v in res.items()}
     if verify_margin > 0 and precision == "bf16":
-        res = score_pairs(model, with_c, without_c, choice_ids, pad_id=pad_id, batch_size=batch_size,
-                          precision="bf16", share_prefix=share_prefix, progress=progress)
-        res["verified"] = np.zeros(0, dtype=int)
-        close_a, close_b = _margin(res["logp"]) < verify_margin, _margin(res["logp_without"]) < verify_margin
-        both = np.flatnonzero(close_a & close_b)  # both sides: re-score the pair (shares its prefix)
-        if len(both):
-            exact = score_pairs(model, [with_c[i] for i in both], [without_c[i] for i in both], choice_ids,
+        close = np.flatnonzero((_margin(res["logp"]) < verify_margin) | (_margin(res["logp_without"]) < verify_margin))
+        if len(close):
+            exact = score_pairs(model, [with_c[i] for i in close], [without_c[i] for i in close], choice_ids,
                                 pad_id=pad_id, batch_size=batch_size, precision="fp32", share_prefix=share_prefix,
                                 progress=progress)
             for key in ("logp", "logp_without", "top", "top_without"):
-                res[key][both] = exact[key]
-        one_a, one_b = np.flatnonzero(close_a & ~close_b), np.flatnonzero(close_b & ~close_a)  # one side: that prompt
-        if len(one_a) + len(one_b):
-            lp, top = score_prompts(model, [with_c[i] for i in one_a] + [without_c[i] for i in one_b], choice_ids,
-                                    pad_id=pad_id, batch_size=2 * batch_size, precision="fp32", progress=progress)
-            k = len(one_a)
-            res["logp"][one_a], res["top"][one_a] = lp[:k], top[:k]
-            res["logp_without"][one_b], res["top_without"][one_b] = lp[k:], top[k:]
-        res["verified"] = np.concatenate([both, both + n, one_a, one_b + n])  # prompt index: i (x) or n + i (x∖C)
-        return res
-    if not share_prefix:
-        logp, top = score_prompts(model, [*with_c, *without_c], choice_ids, pad_id=pad_id,
-                                  batch_size=2 * batch_size, precision=precision, progress=progress)
-        return {"logp": logp[:n], "logp_without": logp[n:], "top": top[:n], "top_without": top[n:]}
-    logp = np.zeros((2 * n, len(choice_ids)), dtype=np.float32)  # rows 2i (with C), 2i+1 (without C)
-    top = np.zeros(2 * n, dtype=np.int64)
-    split = [common_prefix(a, b) for a, b in zip(with_c, without_c)]
-    shared = min(common_prefix(with_c[0], p) for p in [*with_c, *without_c]) if n > 1 else 0
-    shared = min([shared, *split])
-    order = np.argsort(split, kind="stable")
-    with autocast(precision), tqdm(total=n, disable=not progress, desc=f"sample ({precision})", unit="pair") as bar:
-        root = _extend(model, [with_c[0][:shared]], pad_id) if shared else None
-        for idx in _batches(order, batch_size):
-            cache, past = None, None
-            if root is not None:
-                cache = copy.deepcopy(root[1])
-                cache.batch_repeat_interleave(len(idx))
-                past = root[2].expand(len(idx), -1)
-            _, cache, past = _extend(model, [with_c[i][shared:split[i]] for i in idx], pad_id, cache, past)
-            cache.batch_repeat_interleave(2)
-            suffixes = [s[split[i]:] for i in idx for s in (with_c[i], without_c[i])]
-            hidden, _, _ = _extend(model, suffixes, pad_id, cache, past.repeat_interleave(2, dim=0), keep_cache=False)
-            rows = np.stack([2 * idx, 2 * idx + 1], axis=1).reshape(-1)
-            logp[rows], top[rows] = _head_logprobs(model, hidden, choice_ids)
-            bar.update(len(idx))
-    return {"logp": logp[0::2], "logp_without": logp[1::2], "top": top[0::2], "top_without": top[1::2]}
+                res[key][close] = exact[key]
+        res["verified"] = np.concatenate([close, close + n])  # prompt index: i (x) or n + i (x∖C)
+    return res
 
 
 @dataclass

@@ -38,6 +38,13 @@ def load_results(run: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict[str, Path]:
     out_dir = run / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +55,7 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, m in zip(axes, (metric, "has_changed_f1")):
         for key, color, label in (("self", "tab:blue", "Self: vs current behaviour E(M_t)"),
-                                  ("orig", "tab:orange", "Orig: vs fixed labels E(M0)")):
+                                  ("orig", "tab:orange", "Orig: vs the fixed training labels")):
             vals = [r[key][m]["value"] for r in rows]
             lo = [r[key][m]["ci"][0] for r in rows]
             hi = [r[key][m]["ci"][1] for r in rows]
@@ -72,10 +79,7 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{m.replace('_', ' ')}, 95% bootstrap CI (n={rows[0]['n']})")
         ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    paths["self_vs_orig"] = out_dir / "self_vs_orig.png"
-    fig.savefig(paths["self_vs_orig"], dpi=110)
-    plt.close(fig)
+    paths["self_vs_orig"] = _save(fig, out_dir / "self_vs_orig.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, [r["drift"] for r in rows], "o-", label="behaviour drift from M0 (eval pairs)")
@@ -87,10 +91,7 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
     ax.set_title("drift and label–behaviour agreement")
-    fig.tight_layout()
-    paths["drift"] = out_dir / "drift_agreement.png"
-    fig.savefig(paths["drift"], dpi=110)
-    plt.close(fig)
+    paths["drift"] = _save(fig, out_dir / "drift_agreement.png")
 
     log = run / "train" / "metrics.jsonl"
     if log.is_file():
@@ -105,10 +106,7 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
         ax.set_ylabel("loss (log scale)")
         ax.legend(fontsize=8)
         ax.set_title("training losses")
-        fig.tight_layout()
-        paths["losses"] = out_dir / "losses.png"
-        fig.savefig(paths["losses"], dpi=110)
-        plt.close(fig)
+        paths["losses"] = _save(fig, out_dir / "losses.png")
     return paths
 
 

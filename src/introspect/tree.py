@@ -96,10 +96,31 @@ def tokens(groups: Sequence[Sequence[Sequence[int]]]) -> int:
     return sum(len(_row(g)[0]) for g in groups)
 
 
+def sliding_window(model: Any) -> int | None:
+    """The attention window of the model's sliding-window layers (Gemma 3), or None when it has none."""
+    config = getattr(model, "module", model).config  # DistributedDataParallel keeps the model in .module
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    return window if window and "sliding_attention" in (getattr(config, "layer_types", None) or []) else None
+
+
+def model_mask(model: Any, mask: torch.Tensor, q_pos: torch.Tensor,
+               k_pos: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The attention mask to pass to `model` for query positions [B, Lq] and key positions [B, Lk]. Models with
+    sliding-window layers get one mask per layer type; the sliding one also hides keys `sliding_window` or more
+    positions back, as the model's own masks would."""
+    window = sliding_window(model)
+    if window is None:
+        return mask
+    near = (q_pos[:, None, :, None] - k_pos[:, None, None, :]) < window
+    return {"full_attention": mask, "sliding_attention": mask & near}
+
+
 def forward(model: Any, batch: TreeBatch, wanted: Sequence[Sequence[int]]) -> list[torch.Tensor]:
     """Logits at the given columns of each row ([row] -> [len(wanted[row]), V]); the LM head runs on those only."""
     keep = sorted({c for cols in wanted for c in cols})
     at = {c: j for j, c in enumerate(keep)}
-    logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
+    mask = model_mask(model, batch.attention_mask, batch.position_ids, batch.position_ids)
+    logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask,
                    logits_to_keep=torch.tensor(keep, dtype=torch.long)).logits
     return [logits[b, [at[c] for c in cols]] for b, cols in enumerate(wanted)]
