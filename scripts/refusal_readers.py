@@ -15,7 +15,7 @@ import json
 import numpy as np
 
 from introspect.behavior import sample_behavior
-from introspect.config import data_root
+from introspect.config import atomic_path, data_root
 from introspect.evaluate import generate
 from introspect.models import load_model
 from introspect.tasks import get_task
@@ -50,7 +50,7 @@ def main() -> None:
             print(f"| {name} | {r['n']} | {r['agreement']:.1%} | {r['kappa']:.2f} | {r['refuse_rate_logit']:.1%} | "
                   f"{r['refuse_rate_generate']:.1%} | {r['both_refuse']} | {r['only_logit']} | {r['only_generate']} | {r['both_comply']} |")
     if args.out:
-        with open(args.out, "w") as f:
+        with atomic_path(args.out) as tmp, open(tmp, "w") as f:
             json.dump({"n_prompts": len(texts), "max_new_tokens": args.max_new_tokens, "tables": tables,
                        "disagreement_examples": examples}, f, indent=2)
         print(f"wrote {args.out}")

@@ -21,7 +21,7 @@ def test_tree_rows_match_separate_forwards(tiny: Loaded) -> None:
     ]
     batch = tree.pack(groups, pad_id=0)
     assert batch.input_ids.shape == (3, 20 + 6 + 4 + 3 + 9)  # the first row is the longest; the others are padded
-    assert tree.tokens(groups) == 42 + 12 + 13
+    assert [len({c for p in paths for c in p}) for paths in batch.paths] == [42, 12, 13]  # shared prefixes once
     every = [[c for p in paths for c in p] for paths in batch.paths]
     with torch.no_grad():
         got = tree.forward(tiny.model, batch, every)

@@ -187,7 +187,6 @@ def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence
         lp, top = score_prompts(model, [*with_c, *without_c], choice_ids, pad_id=pad_id, batch_size=2 * batch_size,
                                 precision=precision, progress=progress)
         res = {"logp": lp[:n], "logp_without": lp[n:], "top": top[:n], "top_without": top[n:]}
-    res = {k: np.ascontiguousarray(v) for k, v in res.items()}
     if verify_margin > 0 and precision == "bf16":
         close = np.flatnonzero((_margin(res["logp"]) < verify_margin) | (_margin(res["logp_without"]) < verify_margin))
         if len(close):

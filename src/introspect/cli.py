@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("demo", help="the whole pipeline on the bundled SmolLM2 (configs/demo.yaml, about 12 min on 2 cores)")
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled SmolLM2 (configs/demo.yaml, about 8 min on 2 cores)")
     p.add_argument("--config", default=str(REPO_ROOT / "configs" / "demo.yaml"))
     p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override top-level config keys")

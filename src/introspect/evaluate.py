@@ -79,11 +79,11 @@ def compare(texts: Sequence[str], beh: pd.DataFrame, m0_beh: pd.DataFrame, choic
     Orig is E(M0) from `m0_beh`, or E(label model) from `orig_beh` when the training labels came from another
     model (cross-family). Drift is always measured against M0's own behaviour.
     """
-    e_self, e_m0 = label_frame(beh), label_frame(m0_beh if orig_beh is None else orig_beh)
+    e_self, e_orig = label_frame(beh), label_frame(m0_beh if orig_beh is None else orig_beh)
     self_items = metrics.items(texts, e_self["changed"], e_self["letter"], choices)
-    orig_items = metrics.items(texts, e_m0["changed"], e_m0["letter"], choices)
-    differs = ((e_self["changed"].to_numpy() != e_m0["changed"].to_numpy())
-               | (e_self["letter"].to_numpy() != e_m0["letter"].to_numpy()))
+    orig_items = metrics.items(texts, e_orig["changed"], e_orig["letter"], choices)
+    differs = ((e_self["changed"].to_numpy() != e_orig["changed"].to_numpy())
+               | (e_self["letter"].to_numpy() != e_orig["letter"].to_numpy()))
     drift = ((beh["answer"].to_numpy() != m0_beh["answer"].to_numpy())
              | (beh["answer_without"].to_numpy() != m0_beh["answer_without"].to_numpy()))
     result: dict[str, Any] = {
@@ -109,8 +109,8 @@ def compare(texts: Sequence[str], beh: pd.DataFrame, m0_beh: pd.DataFrame, choic
     per_item = pd.DataFrame({"pair_id": beh["pair_id"].tolist(), "text": list(texts),
                              "parsed_ok": self_items.ok, "pred_changed": self_items.pred_changed,
                              "pred_letter": self_items.pred_letter.astype(str), "self_changed": e_self["changed"].to_numpy(),
-                             "self_letter": e_self["letter"].to_numpy(), "orig_changed": e_m0["changed"].to_numpy(),
-                             "orig_letter": e_m0["letter"].to_numpy(), "label_differs": differs,
+                             "self_letter": e_self["letter"].to_numpy(), "orig_changed": e_orig["changed"].to_numpy(),
+                             "orig_letter": e_orig["letter"].to_numpy(), "label_differs": differs,
                              "answer": beh["answer"].to_numpy(), "answer_without": beh["answer_without"].to_numpy()})
     return result, per_item
 

@@ -171,8 +171,8 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
     if cfg.label_model:
         orig_path = stage_sample(cfg, cfg.label_model, ev.split, ev.n, cfg.path("eval", f"behavior_{cfg.label_model}.parquet"))
         orig_beh = behavior.read_table(orig_path)[0].set_index("pair_id").loc[m0_beh["pair_id"]].reset_index()
-    e_m0 = label_frame(m0_beh if orig_beh is None else orig_beh)  # "Orig"
-    set_hash = eval_set_hash(pairs, e_m0)
+    e_orig = label_frame(m0_beh if orig_beh is None else orig_beh)  # "Orig"
+    set_hash = eval_set_hash(pairs, e_orig)
     finetune = cfg.train_config().finetune
     results: dict[str, Any] = {"name": Path(cfg.run_dir).name, "eval_split": ev.split, "eval_set_hash": set_hash,
                                "checkpoints": {}}
@@ -202,13 +202,13 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
         print(f"[evaluate] step {step}: Self EM {s['value']:.3f}  Orig EM {o['value']:.3f}  Self−Orig {d['value']:+.3f} "
               f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  label differs on {res['n_label_differs']}  drift {res['drift']:.2f}")
     if ev.baselines:
-        results["baselines"] = stage_baselines(cfg, base, task, pairs, e_m0, zero_shot_texts, results, set_hash)
+        results["baselines"] = stage_baselines(cfg, base, task, pairs, e_orig, zero_shot_texts, results, set_hash)
     with atomic_path(cfg.path("eval", "results.json")) as tmp:
         tmp.write_text(json.dumps(results, indent=2))
     return results
 
 
-def stage_baselines(cfg: RunConfig, base: Any, task: Any, pairs: list, e_m0: Any, zero_shot: list[str] | None,
+def stage_baselines(cfg: RunConfig, base: Any, task: Any, pairs: list, e_orig: Any, zero_shot: list[str] | None,
                     results: dict[str, Any], set_hash: str) -> dict[str, Any]:
     out = cfg.path("eval", "baselines.json")
     last = max(results["checkpoints"].values(), key=lambda r: r["step"])
@@ -220,11 +220,11 @@ def stage_baselines(cfg: RunConfig, base: Any, task: Any, pairs: list, e_m0: Any
         return cached["baselines"]
     train_beh, _ = behavior.read_table(cfg.path("train", "behavior.parquet"))
     train_lab, _ = behavior.read_table(cfg.path("train", "labels.parquet"))
-    texts = baselines.all_baselines(base.model, base.tokenizer, task, pairs, e_m0, train_beh, train_lab, zero_shot,
+    texts = baselines.all_baselines(base.model, base.tokenizer, task, pairs, e_orig, train_beh, train_lab, zero_shot,
                                     seed=cfg.seed, max_new_tokens=cfg.evaluate.max_new_tokens)
     scored = {}
     for name, t in texts.items():
-        orig = metrics.items(t, e_m0["changed"], e_m0["letter"], task.choices)
+        orig = metrics.items(t, e_orig["changed"], e_orig["letter"], task.choices)
         self_last = metrics.items(t, last_items["self_changed"], last_items["self_letter"], task.choices)
         scored[name] = {"orig": metrics.score(orig, seed=cfg.seed, n_boot=cfg.evaluate.n_boot),
                         "self_last": metrics.score(self_last, seed=cfg.seed, n_boot=cfg.evaluate.n_boot)}

@@ -31,7 +31,6 @@ class TreeBatch:
         return [[p[-1] for p in row] for row in self.paths]
 
 
-
 def _radix(seqs: Sequence[Sequence[int]], members: list[int], start: int, parent: int,
            segs: list[tuple[int, int, int, int]], ends: dict[int, int]) -> None:
     """Append (sequence, start, end, parent) segments for `members`, which agree on tokens [0, start)."""
@@ -89,11 +88,6 @@ def pack(groups: Sequence[Sequence[Sequence[int]]], pad_id: int) -> TreeBatch:
     for b, (i, p, m, _) in enumerate(rows):
         ids[b, :len(i)], pos[b, :len(p)], mask[b, 0, :len(i), :len(i)] = torch.tensor(i), torch.tensor(p), m
     return TreeBatch(ids, pos, mask, [r[3] for r in rows])
-
-
-def tokens(groups: Sequence[Sequence[Sequence[int]]]) -> int:
-    """Tokens a packed batch computes (before padding): the shared prefixes counted once."""
-    return sum(len(_row(g)[0]) for g in groups)
 
 
 def sliding_window(model: Any) -> int | None:

@@ -41,6 +41,7 @@ FORMATS: dict[str, dict[str, Any]] = {  # prompt formats; docs/tasks.md has the 
     },
 }
 
+
 def read_aita(path: Path, min_chars: int) -> list[dict[str, str]]:
     if not path.is_file():
         raise UserError(f"{path} does not exist: the data root must hold {FILE} (flag --data-root, variable INTROSPECT_DATA)")
