@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from introspect import behavior
+from introspect import behavior, tables
 from introspect.config import UserError
 from introspect.models import Loaded, render_prompt
 from introspect.tasks import get_task
@@ -61,15 +61,15 @@ def test_sample_table_round_trip(tiny: Loaded, data_dir: Path, tmp_path: Path) -
         probs = np.array(df[col].tolist())
         np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
         assert (np.array(task.choices)[probs.argmax(1)] == df["answer" if col == "probs" else "answer_without"]).all()
-    meta = behavior.table_meta(model_id="tiny-random", weights_hash=tiny.weights_hash, task=task, pairs=pairs,
-                               seed=0, split="val", precision="fp32")
-    behavior.write_table(tmp_path / "b.parquet", df, meta)
-    back, meta2 = behavior.read_table(tmp_path / "b.parquet")
+    meta = tables.table_meta(model_id="tiny-random", weights_hash=tiny.weights_hash, task=task, pairs=pairs,
+                               seed=0, split="val", precision="fp32", verify_margin=0.0)
+    tables.write_table(tmp_path / "b.parquet", df, meta)
+    back, meta2 = tables.read_table(tmp_path / "b.parquet")
     assert meta2 == meta
     lists = ["probs", "probs_without"]
     assert back.drop(columns=lists).equals(df.drop(columns=lists))
     np.testing.assert_allclose(np.array(back["probs"].tolist()), np.array(df["probs"].tolist()))
-    assert behavior.task_of(meta2).spec() == task.spec()
+    assert tables.task_of(meta2).spec() == task.spec()
     s = behavior.summarize(df, task.choices)
     assert s["n"] == 6 and abs(sum(s["answers_without"].values()) - 1) < 1e-6 and 0 <= s["follow_rate"] <= 1
 
@@ -97,7 +97,7 @@ def test_bad_precision(tiny: Loaded) -> None:
 
 def test_read_missing_table(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="introspect sample"):
-        behavior.read_table(tmp_path / "nope.parquet")
+        tables.read_table(tmp_path / "nope.parquet")
 
 
 def test_verify_margin_rescores_near_ties_in_fp32(tiny: Loaded, data_dir: Path) -> None:

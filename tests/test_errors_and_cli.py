@@ -45,7 +45,7 @@ def test_cli_sample_label_score_end_to_end(data_dir: Path, tmp_path: Path, capsy
     assert cli.main(["label", "--behavior", str(beh), "--out", str(lab), "--noise", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "pairs/s" in out and "3 noisy" in out
-    from introspect.behavior import read_table
+    from introspect.tables import read_table
     labels, _ = read_table(lab)
     pred = tmp_path / "pred.jsonl"
     rows = [{"pair_id": r.pair_id, "text": target_text(r.changed, r.letter)} for r in labels.itertuples()]

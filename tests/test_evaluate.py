@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from introspect import evaluate, pipeline
+from introspect import evaluate, evaluate_run, run_config
 from introspect.labels import target_text
 from introspect.metrics import METRICS
 
@@ -60,7 +60,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = {"run_dir": str(root / "run"), "model": "tiny-random", "data_root": str(data), "train_split": "val",
            "train_n": 8, "precision": "fp32",
            "train": {"steps": 2, "checkpoint_every": 1, "probe_every": 0, "explanation_per_step": 4,
-                     "behavior_per_step": 4, "precision": "fp32", "lr": 1e-3},
+                     "behavior_per_step": 4, "lr": 1e-3},
            "evaluate": {"split": "test", "n": 6, "n_boot": 200, "max_new_tokens": 12}}
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     return root
@@ -93,13 +93,13 @@ def test_run_end_to_end_and_report(tiny_run: Path, capsys: pytest.CaptureFixture
     # a repeated run skips every stage
     assert cli.main(["run", str(tiny_run / "cfg.yaml")]) == 0
     again = capsys.readouterr().out
-    assert "skip sampling" in again and "skip labelling" in again and "skip training" in again
-    assert again.count("cached") == 3
+    assert "[sample] " in again and "[label] " in again and "last step and current: skip" in again
+    assert again.count("is current: skip") == 2 + 3 + 1 + 1  # train tables, 3 checkpoints, eval M0, baselines
 
 
 def test_evaluate_resumes_without_recomputing(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = tiny_run / "run"
-    cfg = pipeline.config_of_run(run)
+    cfg = run_config.config_of_run(run)
     cfg.evaluate.baselines = False
     (run / "eval" / "step_000002" / "result.json").unlink()  # as if killed before the last checkpoint finished
     calls = []
@@ -109,8 +109,8 @@ def test_evaluate_resumes_without_recomputing(tiny_run: Path, monkeypatch: pytes
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "evaluate_one", counting)
-    res = pipeline.stage_evaluate(cfg)
+    monkeypatch.setattr(evaluate_run, "evaluate_one", counting)
+    res = evaluate_run.stage_evaluate(cfg)
     assert len(calls) == 1 and sorted(res["checkpoints"]) == ["0", "1", "2"]
 
 
@@ -119,14 +119,14 @@ def test_run_config_errors(tmp_path: Path) -> None:
 
     bad = tmp_path / "c.yaml"
     bad.write_text("run_dir: x\nmodle: y\n")
-    with pytest.raises(UserError, match="unknown key.*modle"):
-        pipeline.load_run_config(bad)
+    with pytest.raises(UserError, match="unknown config key modle"):
+        run_config.load_run_config(bad)
     bad.write_text("run_dir: x\ntrain: {stpes: 3}\n")
     with pytest.raises(UserError, match="stpes"):
-        pipeline.load_run_config(bad)
+        run_config.load_run_config(bad)
     bad.write_text("run_dir: x\ntrain: {out_dir: y}\n")
     with pytest.raises(UserError, match="train.out_dir"):
-        pipeline.load_run_config(bad)
+        run_config.load_run_config(bad)
     bad.write_text("run_dir: [x\n")
     with pytest.raises(UserError, match=r"c\.yaml:\d+: invalid YAML"):
-        pipeline.load_run_config(bad)
+        run_config.load_run_config(bad)

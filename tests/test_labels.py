@@ -57,7 +57,7 @@ def _behavior(n: int = 40, seed: int = 0) -> pd.DataFrame:
 
 def test_make_labels_targets_follow_behaviour() -> None:
     beh = _behavior()
-    lab = make_labels(beh, get_task("hint-mmlu"), {})
+    lab = make_labels(beh, get_task("hint-mmlu"))
     for r, b in zip(lab.itertuples(), beh.itertuples()):
         assert r.letter == b.answer_without and r.changed == b.changed
         assert parse_explanation(r.target, CH) == Parsed(b.changed, b.answer_without)
@@ -66,7 +66,7 @@ def test_make_labels_targets_follow_behaviour() -> None:
 
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.25, 0.5, 1.0])
 def test_noise_rate_exact_and_seeded(rate: float) -> None:
-    lab = make_labels(_behavior(200), get_task("hint-mmlu"), {})
+    lab = make_labels(_behavior(200), get_task("hint-mmlu"))
     noisy = add_noise(lab, rate, seed=7, choices=CH)
     assert abs(noisy["noisy"].mean() - rate) <= 0.005
     flipped = noisy["noisy"].to_numpy()
@@ -78,6 +78,6 @@ def test_noise_rate_exact_and_seeded(rate: float) -> None:
 
 
 def test_noise_rate_out_of_range() -> None:
-    lab = make_labels(_behavior(5), get_task("hint-mmlu"), {})
+    lab = make_labels(_behavior(5), get_task("hint-mmlu"))
     with pytest.raises(UserError, match="--noise"):
         add_noise(lab, 1.5, seed=0, choices=CH)

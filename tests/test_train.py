@@ -13,7 +13,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from introspect import behavior, labels
+from introspect import behavior, checkpoints, labels
+from introspect import tables as tbl
 from introspect.models import Loaded
 from introspect.tasks import get_task
 from introspect.train import LossWeights, TrainConfig
@@ -28,19 +29,19 @@ def tables(tiny: Loaded, data_dir: Path, tmp_path_factory: pytest.TempPathFactor
     task = get_task("hint-mmlu")
     pairs = task.pairs(data_dir, "val", 8, seed=0)
     df, _ = behavior.sample_behavior(tiny.model, tiny.tokenizer, task, pairs, precision="fp32", progress=False)
-    meta = behavior.table_meta(model_id="tiny-random", weights_hash=tiny.weights_hash, task=task, pairs=pairs,
-                               seed=0, split="val", precision="fp32")
-    behavior.write_table(out / "behavior.parquet", df, meta)
-    behavior.write_table(out / "labels.parquet", labels.make_labels(df, task, meta), meta)
+    meta = tbl.table_meta(model_id="tiny-random", weights_hash=tiny.weights_hash, task=task, pairs=pairs,
+                               seed=0, split="val", precision="fp32", verify_margin=0.0)
+    tbl.write_table(out / "behavior.parquet", df, meta)
+    tbl.write_table(out / "labels.parquet", labels.make_labels(df, task), meta)
     return out / "behavior.parquet", out / "labels.parquet"
 
 
 def _encoded(tiny: Loaded, tables) -> tuple:
     """The tables' pairs encoded for the trainer: behaviour table, x ids, x∖C ids, explanation examples, choice ids."""
-    lab, _ = behavior.read_table(tables[1])
-    beh, meta = behavior.read_table(tables[0])
-    task = behavior.task_of(meta)
-    a, b = behavior.encode_pairs(tiny.tokenizer, task, T.pairs_from_table(beh, task))
+    lab, _ = tbl.read_table(tables[1])
+    beh, meta = tbl.read_table(tables[0])
+    task = tbl.task_of(meta)
+    a, b = behavior.encode_pairs(tiny.tokenizer, task, tbl.pairs_from_table(beh, task))
     expl = T.encode_explanations(tiny.tokenizer, lab, 768, "labels")
     return beh, a, b, expl, behavior.choice_token_ids(tiny.tokenizer, task.continuations)
 
@@ -58,7 +59,7 @@ def _metrics(out: Path) -> list[dict]:
 
 
 def test_explanation_loss_ignores_prompt_tokens(tiny: Loaded, tables) -> None:
-    lab, _ = behavior.read_table(tables[1])
+    lab, _ = tbl.read_table(tables[1])
     expl = T.encode_explanations(tiny.tokenizer, lab, 768, "labels")[:3]
     with torch.no_grad():
         ce_sum, n, _ = T.tree_terms(tiny.model, [[T.explanation_item(e)] for e in expl], [], tiny.tokenizer.pad_token_id)
@@ -139,9 +140,9 @@ def test_sigkill_and_resume_matches_uninterrupted(tables, uninterrupted: Path, t
     cfg = _cfg(tables, out)
     killed = _run_cli(cfg, env={T.KILL_ENV: "3"})
     assert killed.returncode == -9  # really died by SIGKILL after step 3
-    assert T.last_checkpoint(out / "checkpoints").name == "step_000002"
+    assert checkpoints.last(out / "checkpoints").name == "step_000002"
     (out / "checkpoints" / ".step_000004.tmp").mkdir()  # a half-written checkpoint must be ignored
-    assert T.last_checkpoint(out / "checkpoints").name == "step_000002"
+    assert checkpoints.last(out / "checkpoints").name == "step_000002"
     resumed = _run_cli(cfg, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr

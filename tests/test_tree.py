@@ -24,7 +24,7 @@ def test_tree_rows_match_separate_forwards(tiny: Loaded) -> None:
     assert [len({c for p in paths for c in p}) for paths in batch.paths] == [42, 12, 13]  # shared prefixes once
     every = [[c for p in paths for c in p] for paths in batch.paths]
     with torch.no_grad():
-        got = tree.forward(tiny.model, batch, every)
+        got, _ = tree.forward(tiny.model, batch, every)
         for g_, paths, logits in zip(groups, batch.paths, got):
             at = 0
             for seq, p in zip(g_, paths):
@@ -54,7 +54,7 @@ def test_sliding_window_layers_see_what_the_model_would() -> None:
     seqs = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 10, 11, 12, 13], [1, 2, 3, 14]]
     batch = tree.pack([seqs], pad_id=0)
     with torch.no_grad():
-        packed = tree.forward(model, batch, [[c for path in batch.paths[0] for c in path]])[0]
+        packed = tree.forward(model, batch, [[c for path in batch.paths[0] for c in path]])[0][0]
         k = 0
         for s in seqs:
             alone = model(torch.tensor([s])).logits[0]

@@ -68,14 +68,16 @@ def few_shot_prompts(task: Task, pairs: Sequence[Pair], train_labels: pd.DataFra
 
 def all_baselines(model: Any, tok: Any, task: Task, pairs: Sequence[Pair], e_m0: pd.DataFrame,
                   train_beh: pd.DataFrame, train_labels: pd.DataFrame, zero_shot_texts: list[str] | None,
-                  *, seed: int = 0, batch_size: int = 8, max_new_tokens: int = 40) -> dict[str, list[str]]:
+                  *, precision: str, seed: int = 0, batch_size: int = 8, max_new_tokens: int = 40) -> dict[str, list[str]]:
     out: dict[str, Any] = {
         "majority": majority(train_labels, len(pairs), task.tag),
         "copy_orig": copy_orig(e_m0, task.tag),
         "nearest": nearest(train_beh, train_labels, pairs, task.tag),
     }
     out["zero_shot"] = zero_shot_texts if zero_shot_texts is not None else generate(
-        model, tok, explanation_prompts(task, pairs), batch_size=batch_size, max_new_tokens=max_new_tokens)
-    out["few_shot"] = generate(model, tok, few_shot_prompts(task, pairs, train_labels, seed=seed),
-                               batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True)
+        model, tok, explanation_prompts(task, pairs), precision=precision, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, progress=True, desc="generating explanations (baseline zero-shot)")
+    out["few_shot"] = generate(model, tok, few_shot_prompts(task, pairs, train_labels, seed=seed), precision=precision,
+                               batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True,
+                               desc="generating explanations (baseline few-shot k=4)")
     return out

@@ -22,17 +22,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
 from . import tree
-from .config import UserError, atomic_path, stable_hash
+from .config import UserError
 from .models import render_prompt
 from .tasks import Pair, Task
 
-META_KEY = b"introspect"
 VERIFY_MARGIN = 0.015  # bf16 near-ties closer than this (nats) are re-scored in fp32; see docs/benchmarks.md
 PAIRS_PER_ROW = 2  # pairs packed into one prefix-tree row when sampling; see docs/benchmarks.md
 
@@ -76,7 +73,7 @@ def autocast(precision: str) -> Any:
     raise UserError(f"precision must be 'bf16' or 'fp32', got {precision!r} (flag --precision)")
 
 
-def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -87,14 +84,20 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def _head_logprobs(model: Any, hidden: torch.Tensor, choice_ids: Groups) -> tuple[np.ndarray, np.ndarray]:
-    """LM head in fp32 at the answer position: choice log-probs over the full vocabulary [B, C], vocab argmax [B].
+def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head in fp32 on final hidden states [N, H] -> logits [N, V], whatever precision the body ran in.
 
-    The head runs outside autocast: bf16 logits (spacing 0.125 near 20) would tie close choices.
+    Used wherever choice distributions are compared across models or checkpoints (sampling, the training KL):
+    bf16 logits (spacing 0.125 near 20) would tie close choices. Differentiable (training uses it).
     """
-    weight = model.get_output_embeddings().weight
-    with torch.autocast("cpu", enabled=False):
-        logits = hidden.float() @ weight.float().T
+    weight = getattr(model, "module", model).get_output_embeddings().weight
+    with torch.autocast(hidden.device.type, enabled=False):
+        return hidden.float() @ weight.float().T
+
+
+def _head_logprobs(model: Any, hidden: torch.Tensor, choice_ids: Groups) -> tuple[np.ndarray, np.ndarray]:
+    """Choice log-probs over the full vocabulary [B, C] and vocab argmax [B], from the fp32 head."""
+    logits = head_logits(model, hidden)
     logp = torch.log_softmax(logits, dim=-1)
     return group_logits(logp, choice_ids).numpy(), logits.argmax(-1).numpy()
 
@@ -113,7 +116,7 @@ def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
 @torch.no_grad()
 def score_groups(model: Any, groups: Sequence[Sequence[Sequence[int]]], choice_ids: Groups, *, pad_id: int,
                  rows_per_batch: int = 2, precision: str = "bf16", share_root: bool = True, progress: bool = False,
-                 desc: str = "score") -> tuple[np.ndarray, np.ndarray]:
+                 desc: str = "scoring prompts") -> tuple[np.ndarray, np.ndarray]:
     """Choice log-probs [N, C] and vocab argmax [N] after each prompt, N = all prompts of all groups in order.
 
     With `share_root`, the prefix every prompt shares (the system turn) runs once and its KV cache is reused by every
@@ -128,7 +131,8 @@ def score_groups(model: Any, groups: Sequence[Sequence[Sequence[int]]], choice_i
     root = shared_prefix([p for g in groups for p in g]) if share_root and len(groups) > 1 else 0
     root = min(root, (tree.sliding_window(model) or root + 1) - 1)  # a sliding-window cache keeps window - 1 tokens
     decoder = model.get_decoder()
-    with autocast(precision), tqdm(total=len(groups), disable=not progress, desc=f"{desc} ({precision})") as bar:
+    with autocast(precision), tqdm(total=int(offsets[-1]), disable=not progress, desc=f"{desc} ({precision})",
+                                   unit="prompt") as bar:
         root_cache = decoder(input_ids=torch.tensor([groups[0][0][:root]]), use_cache=True).past_key_values if root else None
         for i in range(0, len(order), rows_per_batch):
             rows = order[i:i + rows_per_batch]
@@ -144,7 +148,7 @@ def score_groups(model: Any, groups: Sequence[Sequence[Sequence[int]]], choice_i
             cols = batch.last_columns()
             at = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
             out[at], top[at] = _head_logprobs(model, torch.cat([hidden[b, c] for b, c in enumerate(cols)]), choice_ids)
-            bar.update(len(rows))
+            bar.update(int(sum(offsets[r + 1] - offsets[r] for r in rows)))
     return out, top
 
 
@@ -163,7 +167,8 @@ def _margin(logp: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]],
                 choice_ids: Groups, *, pad_id: int, batch_size: int = 4, precision: str = "bf16",
-                share_prefix: bool = True, verify_margin: float = 0.0, progress: bool = False) -> dict[str, np.ndarray]:
+                share_prefix: bool = True, verify_margin: float = VERIFY_MARGIN, progress: bool = False,
+                desc: str = "sampling behaviour") -> dict[str, np.ndarray]:
     """Choice log-probs on both sides of every pair.
 
     With `share_prefix`, PAIRS_PER_ROW pairs form one prefix-tree row: the system turn's KV cache (computed once)
@@ -180,19 +185,20 @@ def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence
         groups = [[p for i in range(k, min(k + per_row, n)) for p in (with_c[i], without_c[i])]
                   for k in range(0, n, per_row)]
         lp, top = score_groups(model, groups, choice_ids, pad_id=pad_id, rows_per_batch=max(1, batch_size // per_row),
-                               precision=precision, progress=progress, desc="sample")
+                               precision=precision, progress=progress, desc=desc)
         lp, top = lp.reshape(n, 2, -1), top.reshape(n, 2)
         res = {"logp": lp[:, 0], "logp_without": lp[:, 1], "top": top[:, 0], "top_without": top[:, 1]}
     else:
-        lp, top = score_prompts(model, [*with_c, *without_c], choice_ids, pad_id=pad_id, batch_size=2 * batch_size,
-                                precision=precision, progress=progress)
+        lp, top = score_groups(model, [[p] for p in [*with_c, *without_c]], choice_ids, pad_id=pad_id,
+                               rows_per_batch=2 * batch_size, precision=precision, share_root=False, progress=progress,
+                               desc=desc)
         res = {"logp": lp[:n], "logp_without": lp[n:], "top": top[:n], "top_without": top[n:]}
     if verify_margin > 0 and precision == "bf16":
         close = np.flatnonzero((_margin(res["logp"]) < verify_margin) | (_margin(res["logp_without"]) < verify_margin))
         if len(close):
             exact = score_pairs(model, [with_c[i] for i in close], [without_c[i] for i in close], choice_ids,
                                 pad_id=pad_id, batch_size=batch_size, precision="fp32", share_prefix=share_prefix,
-                                progress=progress)
+                                verify_margin=0.0, progress=progress, desc="re-scoring near-ties in fp32")
             for key in ("logp", "logp_without", "top", "top_without"):
                 res[key][close] = exact[key]
         res["verified"] = np.concatenate([close, close + n])  # prompt index: i (x) or n + i (x∖C)
@@ -218,7 +224,7 @@ def encode_pairs(tokenizer: Any, task: Task, pairs: Sequence[Pair]) -> tuple[lis
 
 def sample_behavior(model: Any, tokenizer: Any, task: Task, pairs: Sequence[Pair], *, batch_size: int = 4,
                     precision: str = "bf16", share_prefix: bool = True, verify_margin: float = VERIFY_MARGIN,
-                    progress: bool = True) -> tuple[pd.DataFrame, SampleStats]:
+                    progress: bool = True, desc: str = "sampling behaviour") -> tuple[pd.DataFrame, SampleStats]:
     """B(M) on every pair: one row per pair with answers and choice distributions on both sides."""
     choice_ids = choice_token_ids(tokenizer, task.continuations)
     with_c, without_c = encode_pairs(tokenizer, task, pairs)
@@ -226,7 +232,8 @@ def sample_behavior(model: Any, tokenizer: Any, task: Task, pairs: Sequence[Pair
     was_training = model.training
     model.eval()
     res = score_pairs(model, with_c, without_c, choice_ids, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
-                      precision=precision, share_prefix=share_prefix, verify_margin=verify_margin, progress=progress)
+                      precision=precision, share_prefix=share_prefix, verify_margin=verify_margin, progress=progress,
+                      desc=desc)
     model.train(was_training)
     stats = SampleStats(len(pairs), sum(map(len, with_c)) + sum(map(len, without_c)), time.perf_counter() - t0)
     choices = np.array(task.choices)
@@ -255,50 +262,6 @@ def sample_behavior(model: Any, tokenizer: Any, task: Task, pairs: Sequence[Pair
 def _softmax(logp: np.ndarray) -> np.ndarray:
     e = np.exp(logp - logp.max())
     return e / e.sum()
-
-
-def table_meta(*, model_id: str, weights_hash: str, task: Task, pairs: Sequence[Pair], seed: int, split: str,
-               precision: str) -> dict[str, Any]:
-    return {
-        "model_id": model_id,
-        "weights_hash": weights_hash,
-        "task": task.name,
-        "task_options": task.init_options(),
-        "task_spec": task.spec(),
-        "task_spec_hash": stable_hash(task.spec()),
-        "pairs_hash": stable_hash([p.to_dict() for p in pairs]),
-        "seed": seed,
-        "split": split,
-        "n": len(pairs),
-        "precision": precision,
-        "choices": list(task.choices),
-    }
-
-
-def write_table(path: str | Path, df: pd.DataFrame, meta: dict[str, Any]) -> None:
-    """Write a table to Parquet with our provenance in the schema metadata (atomically)."""
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def task_of(meta: dict[str, Any]) -> Task:
-    """The task a table was made with, rebuilt from its metadata."""
-    from .tasks import get_task
-
-    return get_task(meta["task"], **meta.get("task_options", {}))
-
-
-def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist (run `introspect sample` first, or check the path)")
-    table = pq.read_table(path)
-    raw = (table.schema.metadata or {}).get(META_KEY)
-    if raw is None:
-        raise UserError(f"{path} has no introspect metadata: it was not written by introspect")
-    return table.to_pandas(), json.loads(raw)
 
 
 def summarize(df: pd.DataFrame, choices: Sequence[str]) -> dict[str, Any]:

@@ -11,13 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import yaml
-
-from . import behavior, labels, metrics
-from .config import DATA_ENV, REPO_ROOT, UserError, data_root, read_jsonl, seed_everything, write_jsonl
-from .models import list_models, load_model
-from .tasks import TASKS, get_task
+from . import metrics
+from .config import DATA_ENV, REPO_ROOT, UserError, data_root, seed_everything, write_jsonl
+from .models import list_models
+from .tasks import TASKS
+from .typed import parse_assignment
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -26,64 +24,75 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def _task_options(args: argparse.Namespace) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    for item in args.task_option or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--task-option takes KEY=VALUE (e.g. openings=no-I), got {item!r}")
-        opts[key] = yaml.safe_load(value)
+    opts = dict(parse_assignment(item, "--task-option") for item in args.task_option or [])
     if args.task_format:
         opts["format"] = args.task_format
     return opts
 
 
-def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
+def _selection(args: argparse.Namespace) -> Any:
+    from .run_config import Selection
+
+    if args.min_margin < 0 or args.pool < 0:
+        raise UserError("--min-margin and --pool must be >= 0")
+    return Selection(min_margin=args.min_margin, balance=args.balance, pool=args.pool)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from .pipeline import stage_sample
+
+    if args.n <= 0:
+        raise UserError(f"--n must be a positive number of pairs, got {args.n}")
     seed_everything(args.seed)
-    task = get_task(args.task, **_task_options(args))
-    root = data_root(args.data_root)
-    pairs = task.pairs(root, args.split, args.n, args.seed)
-    print(f"[sample] read {len(pairs)} {task.name} pairs from {root} (split {args.split}, seed {args.seed})")
-    loaded = load_model(args.model, seed=args.seed)
-    print(f"[sample] model {loaded.model_id} (weights {loaded.weights_hash}), precision {args.precision}")
-    df, stats = behavior.sample_behavior(loaded.model, loaded.tokenizer, task, pairs, batch_size=args.batch_size,
-                                         precision=args.precision, share_prefix=not args.no_share_prefix,
-                                         verify_margin=args.verify_margin)
-    meta = behavior.table_meta(model_id=loaded.model_id, weights_hash=loaded.weights_hash, task=task, pairs=pairs,
-                               seed=args.seed, split=args.split, precision=args.precision)
-    behavior.write_table(args.out, df, meta)
-    print(f"[sample] {stats.line()}")
-    print(f"[sample] wrote {args.out}")
-    summary = behavior.summarize(df, task.choices)
-    print(behavior.format_summary(summary, task.feature_name))
-    summary["pairs_per_s"] = round(stats.pairs / stats.seconds, 2)
-    summary["tokens_per_s"] = round(stats.tokens / stats.seconds)
-    return summary
+    sel = _selection(args)
+    stage_sample(model_name=args.model, task_name=args.task, task_options=_task_options(args),
+                 root=data_root(args.data_root), split=args.split, n=args.n, seed=args.seed, precision=args.precision,
+                 verify_margin=args.verify_margin, out=Path(args.out), select=sel, pool=sel.pool,
+                 batch_size=args.batch_size, share_prefix=not args.no_share_prefix)
 
 
 def cmd_label(args: argparse.Namespace) -> None:
-    df, meta = behavior.read_table(args.behavior)
-    task = behavior.task_of(meta)
-    print(f"[label] read {len(df)} rows of B({meta['model_id']}) from {args.behavior}")
-    lab = labels.make_labels(df, task, meta)
-    if args.noise:
-        lab = labels.add_noise(lab, args.noise, args.noise_seed, task.choices, task.tag)
-    out_meta = {**meta, "labels_from": args.behavior, "label_noise": args.noise, "noise_seed": args.noise_seed}
-    behavior.write_table(args.out, lab, out_meta)
-    print(f"[label] {len(lab)} labels ({lab['changed'].mean():.1%} changed, {int(lab['noisy'].sum())} noisy) "
-          f"-> wrote {args.out}")
+    from .pipeline import stage_label
+
+    stage_label(source=Path(args.behavior), out=Path(args.out), noise=args.noise, noise_seed=args.noise_seed)
 
 
-def read_predictions(path: str | Path) -> pd.DataFrame:
-    """Predictions JSONL: one object per line with "pair_id" (str) and "text" (the raw explanation)."""
-    rows = read_jsonl(path)
-    for i, r in enumerate(rows, 1):
-        if not isinstance(r, dict) or not isinstance(r.get("pair_id"), str) or not isinstance(r.get("text"), str):
-            raise UserError(f"{path}: record {i} needs string fields \"pair_id\" and \"text\"")
-    return pd.DataFrame(rows, columns=["pair_id", "text"])
+def cmd_screen(args: argparse.Namespace) -> dict[str, Any]:
+    import json
+
+    from . import screen
+    from .config import atomic_path
+    from .pipeline import stage_sample
+    from .tables import read_table
+    from .tasks import get_task
+
+    out = Path(args.out)
+    root = data_root(args.data_root)
+    task = get_task(args.task, **_task_options(args))
+    if args.behavior:
+        table = Path(args.behavior)
+    else:
+        table = stage_sample(model_name=args.model, task_name=args.task, task_options=_task_options(args), root=root,
+                             split=args.split, n=args.n, seed=args.seed, precision="fp32", verify_margin=0.0,
+                             out=out / "behavior.parquet", stage="screen")
+    df, _ = read_table(table)
+    rep = screen.report(df, min_margin=args.min_margin, epsilon=args.epsilon, balance=args.balance,
+                        available_train=task.available(root, args.train_split),
+                        available_eval=task.available(root, args.eval_split), setting=args.name or "")
+    with atomic_path(out / "screen.json") as tmp:
+        tmp.write_text(json.dumps(rep, indent=2))
+    screen.figure(df, rep, out / "screen.png")
+    print(f"[screen] wrote {out / 'screen.json'} and {out / 'screen.png'}")
+    print(rep["line"])
+    return rep
 
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
-    gold, meta = behavior.read_table(args.gold)
+    import json
+
+    from .score_files import read_gold, read_predictions
+
+    gold, choices = read_gold(args.gold, args.choices.split(",") if args.choices else None)
     pred = read_predictions(args.pred)
     unknown = sorted(set(pred["pair_id"]) - set(gold["pair_id"]))
     if unknown:
@@ -93,26 +102,18 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"{args.pred}: no prediction for {len(missing)} gold item(s), e.g. {missing[0]!r} "
                         f"(pass --allow-missing to score them as unparseable)")
     merged = gold.merge(pred, on="pair_id", how="left").fillna({"text": ""})
-    it = metrics.items(merged["text"].tolist(), merged["changed"], merged["letter"], meta["choices"])
+    it = metrics.items(merged["text"].tolist(), merged["changed"], merged["letter"], choices,
+                       lenient_letter=args.lenient_content)
     result = metrics.score(it, seed=args.seed, n_boot=args.n_boot)
-    print(f"[score] {len(pred)} predictions from {args.pred} against {args.gold}")
-    print(metrics.format_table(result))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"[score] {len(pred)} predictions from {args.pred} against {args.gold} (choices {','.join(choices)})")
+        print(metrics.format_table(result))
     if args.out:
         write_jsonl(args.out, [result])
-        print(f"[score] wrote {args.out}")
+        print(f"[score] wrote {args.out}", file=sys.stderr if args.json else sys.stdout)
     return result
-
-
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -121,24 +122,32 @@ def cmd_train(args: argparse.Namespace) -> None:
     path = args.config or args.config_path
     if not path:
         raise UserError("introspect train needs a config: --config configs/NAME.yaml (or the path as the first argument)")
-    cfg = load_config(path, _parse_overrides(args.set))
-    train(cfg, resume=args.resume)
+    train(load_config(path, args.set), resume=args.resume)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from .pipeline import load_run_config, run
+    from .pipeline import run
+    from .run_config import load_run_config
 
-    run(load_run_config(args.config, _parse_overrides(args.set)))
+    overrides = list(args.set)
+    if getattr(args, "data_root", None):
+        overrides.append(f"data_root={args.data_root}")
+    run(load_run_config(args.config, overrides))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .pipeline import config_of_run, stage_evaluate
+    from .evaluate_run import stage_evaluate
+    from .locking import locked
+    from .report import headline
+    from .run_config import config_of_run
 
     cfg = config_of_run(args.run_dir)
     if args.checkpoints:
         cfg.evaluate.checkpoints = args.checkpoints
-    stage_evaluate(cfg)
+    with locked(Path(args.run_dir)):
+        res = stage_evaluate(cfg)
     print(f"[evaluate] wrote {cfg.path('eval', 'results.json')}")
+    print(headline(res))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -146,16 +155,6 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     path = write_report(Path(args.run_dir))
     print(f"[report] wrote {path}, {Path(args.run_dir) / 'summary.md'} and {Path(args.run_dir) / 'figures'}/")
-
-
-def cmd_demo(args: argparse.Namespace) -> None:
-    """The whole pipeline on the bundled SmolLM2 with a preset sized for 2 CPU cores (configs/demo.yaml)."""
-    from .pipeline import load_run_config, run
-
-    overrides = _parse_overrides(args.set)
-    if args.data_root:
-        overrides["data_root"] = args.data_root
-    run(load_run_config(args.config, overrides))
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -166,8 +165,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--batch-size", type=int, default=4, help="pairs per forward")
-    p.add_argument("--verify-margin", type=float, default=behavior.VERIFY_MARGIN,
+    p.add_argument("--verify-margin", type=float, default=0.015,  # = behavior.VERIFY_MARGIN (not imported: keeps --help fast)
                    help="bf16 near-ties closer than this (nats) are re-scored in fp32; 0 turns it off")
+    p.add_argument("--task", default="hint-mmlu", choices=sorted(TASKS))
+    p.add_argument("--task-format", default=None, help="task prompt format (hint-mmlu: dot, paren, ...; aita: words, verdict)")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                   help="any task option, repeatable (e.g. --task-option openings=no-I for refusal)")
+    p.add_argument("--min-margin", type=float, default=0.0,
+                   help="keep pairs whose top-1 minus top-2 choice log-prob is >= this on both sides (nats)")
+    p.add_argument("--balance", action="store_true", help="keep equal numbers of changed and unchanged pairs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,10 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="behaviour of a model on both sides of every pair -> BehaviorTable")
     _add_common(p)
-    p.add_argument("--task", default="hint-mmlu", choices=sorted(TASKS))
-    p.add_argument("--task-format", default=None, help="task prompt format (hint-mmlu: dot, paren, ...; aita: words, verdict)")
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
-                   help="any task option, repeatable (e.g. --task-option openings=no-I for refusal)")
+    p.add_argument("--pool", type=int, default=0, help="sample this many pairs, then keep --n by margin/balance")
     p.add_argument("--no-share-prefix", action="store_true", help="run x and x∖C as separate prompts")
     p.add_argument("--out", required=True, help="output Parquet path")
     p.set_defaults(fn=cmd_sample)
@@ -192,9 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-seed", type=int, default=0)
     p.set_defaults(fn=cmd_label)
 
+    p = sub.add_parser("screen", help="is a setting testable? margins, changed rate, class balance (fp32), verdict")
+    _add_common(p)
+    p.add_argument("--epsilon", type=float, default=0.01, help="KL budget: share of pairs whose argmax survives it")
+    p.add_argument("--train-split", default="val+dev", help="split the training pairs would come from (projection)")
+    p.add_argument("--eval-split", default="test", help="split the eval pairs would come from (projection)")
+    p.add_argument("--behavior", default=None, help="screen an existing BehaviorTable instead of sampling")
+    p.add_argument("--name", default=None, help="a name for the setting in the output")
+    p.add_argument("--out", required=True, help="output folder: behavior.parquet, screen.json, screen.png")
+    p.set_defaults(fn=cmd_screen)
+
     p = sub.add_parser("score", help="score explanations (JSONL: pair_id, text) against labels")
     p.add_argument("--pred", required=True, help='JSONL, one {"pair_id": ..., "text": ...} per line')
-    p.add_argument("--gold", required=True, help="labels Parquet from `introspect label`")
+    p.add_argument("--gold", required=True, help="gold labels: JSONL or CSV with pair_id, changed, letter; or a labels "
+                   "Parquet from `introspect label`")
+    p.add_argument("--choices", default=None, help="comma-separated choice set (default: from the gold file)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON at full precision")
+    p.add_argument("--lenient-content", action="store_true",
+                   help="Content Match as the ancestor counts it: a right letter counts even when no verdict parses")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--allow-missing", action="store_true")
@@ -206,12 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "`accelerate launch`, whose own --config_file would swallow --config)")
     p.add_argument("--config", default=None)
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override top-level config keys")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, nested with dots "
+                   "(e.g. train.weights.behavior_kl=0)")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("run", help="sample -> label -> train -> evaluate -> report from one YAML (skips current stages)")
     p.add_argument("config")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override top-level config keys")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, nested with dots "
+                   "(e.g. train.weights.behavior_kl=0)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("evaluate", help="Self vs Orig for M0 and every checkpoint of a run (cached, resumable)")
@@ -226,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on the bundled SmolLM2 (configs/demo.yaml, about 8 min on 2 cores)")
     p.add_argument("--config", default=str(REPO_ROOT / "configs" / "demo.yaml"))
     p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override top-level config keys")
-    p.set_defaults(fn=cmd_demo)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, nested with dots "
+                   "(e.g. train.weights.behavior_kl=0)")
+    p.set_defaults(fn=cmd_run)
     return ap
 
 

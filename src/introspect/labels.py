@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,12 @@ def target_text(changed: bool, letter: str, tag: str = "Answer") -> str:
     return (CHANGED if changed else UNCHANGED).format(tag=tag, letter=letter)
 
 
+def parse_letter(text: str, choices: Sequence[str]) -> str | None:
+    """The choice named in the first <<<Tag: X>>> of `text`, whatever the verdict phrase (None if absent)."""
+    m = _TAG.search(" ".join(text.split()))
+    return {c.upper(): c for c in choices}.get(m.group(2).upper()) if m else None
+
+
 def parse_explanation(text: str, choices: Sequence[str]) -> Parsed | None:
     """Map a generated explanation to (changed, letter), or None if it is unparseable.
 
@@ -59,7 +65,24 @@ def parse_explanation(text: str, choices: Sequence[str]) -> Parsed | None:
     return Parsed(changed=changed, letter=letter)
 
 
-def make_labels(behavior: pd.DataFrame, task: Task, meta: dict[str, Any]) -> pd.DataFrame:
+def label_frame(beh: pd.DataFrame) -> pd.DataFrame:
+    """The structured labels E(M) of a BehaviorTable: (changed, letter = answer without C)."""
+    return pd.DataFrame({"pair_id": beh["pair_id"], "changed": beh["changed"], "letter": beh["answer_without"]})
+
+
+def agreement(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
+    """Per item: do two structured label frames (changed, letter) agree? (label–behaviour agreement, item-wise)"""
+    return ((a["changed"].to_numpy() == b["changed"].to_numpy())
+            & (a["letter"].to_numpy() == b["letter"].to_numpy()))
+
+
+def drift(beh: pd.DataFrame, m0: pd.DataFrame) -> np.ndarray:
+    """Per item: does the behaviour differ from M0's on either side?"""
+    return ((beh["answer"].to_numpy() != m0["answer"].to_numpy())
+            | (beh["answer_without"].to_numpy() != m0["answer_without"].to_numpy()))
+
+
+def make_labels(behavior: pd.DataFrame, task: Task) -> pd.DataFrame:
     """One row per pair: explanation prompt (chat messages, JSON), target text, and structured (changed, letter)."""
     rows = []
     for r in behavior.itertuples(index=False):
@@ -73,9 +96,7 @@ def make_labels(behavior: pd.DataFrame, task: Task, meta: dict[str, Any]) -> pd.
             "answer_with": r.answer,
             "noisy": False,
         })
-    df = pd.DataFrame(rows)
-    df.attrs["source"] = {k: meta.get(k) for k in ("model_id", "weights_hash", "task_spec_hash", "pairs_hash")}
-    return df
+    return pd.DataFrame(rows)
 
 
 def add_noise(labels: pd.DataFrame, rate: float, seed: int, choices: Sequence[str], tag: str = "Answer") -> pd.DataFrame:

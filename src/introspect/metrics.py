@@ -3,7 +3,9 @@ each with a seeded paired-bootstrap 95% CI (conventions of Li et al. 2025 as rep
 
 Definitions (n = all scored items; an unparseable explanation counts as wrong, never dropped):
   exact_match       verdict (changed/unchanged) and letter both right, over n
-  content_match     letter right, over n
+  content_match     letter right, over n (a letter counts only in a parseable explanation; the ancestor's variant,
+                    `items(..., lenient_letter=True)` / `introspect score --lenient-content`, counts it whenever
+                    <<<Tag: X>>> is present)
   has_changed_f1    macro F1 over {changed, unchanged} on the parseable items (a class absent from both gold and
                     predictions on those items is left out of the mean)
   parse_rate        parseable / n
@@ -19,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .labels import parse_explanation
+from .labels import parse_explanation, parse_letter
 
 METRICS = ("exact_match", "has_changed_f1", "content_match", "parse_rate", "pred_changed_rate")
 
@@ -33,16 +35,26 @@ class Items:
     pred_letter: np.ndarray
     gold_changed: np.ndarray
     gold_letter: np.ndarray
+    letter_found: np.ndarray | None = None  # lenient content match: a letter read even where no verdict parses
+
+    def subset(self, idx: np.ndarray) -> "Items":
+        return Items(*(None if a is None else a[idx] for a in (self.ok, self.pred_changed, self.pred_letter,
+                                                                self.gold_changed, self.gold_letter, self.letter_found)))
 
 
-def items(texts: Sequence[str], gold_changed: Sequence[bool], gold_letter: Sequence[str], choices: Sequence[str]) -> Items:
+def items(texts: Sequence[str], gold_changed: Sequence[bool], gold_letter: Sequence[str], choices: Sequence[str],
+          *, lenient_letter: bool = False) -> Items:
+    """Parsed predictions against gold. With `lenient_letter` (the ancestor's Content Match), the letter in
+    <<<Tag: X>>> counts even when no verdict phrase parses; exact match and F1 are unchanged."""
     parsed = [parse_explanation(t, choices) for t in texts]
+    letters = [p.letter if p else (parse_letter(t, choices) if lenient_letter else None) for p, t in zip(parsed, texts)]
     return Items(
         ok=np.array([p is not None for p in parsed], dtype=bool),
         pred_changed=np.array([bool(p and p.changed) for p in parsed], dtype=bool),
-        pred_letter=np.array([p.letter if p else "" for p in parsed], dtype=object),
+        pred_letter=np.array([x or "" for x in letters], dtype=object),
         gold_changed=np.asarray(gold_changed, dtype=bool),
         gold_letter=np.asarray(gold_letter, dtype=object),
+        letter_found=np.array([x is not None for x in letters], dtype=bool) if lenient_letter else None,
     )
 
 
@@ -60,15 +72,16 @@ def _macro_f1(pred: np.ndarray, gold: np.ndarray) -> float:
 def point(it: Items, idx: np.ndarray | None = None) -> dict[str, float]:
     """All metrics on the items (or on the resample `idx`)."""
     if idx is not None:
-        it = Items(*(a[idx] for a in (it.ok, it.pred_changed, it.pred_letter, it.gold_changed, it.gold_letter)))
+        it = it.subset(idx)
     n = len(it.ok)
     verdict = it.ok & (it.pred_changed == it.gold_changed)
     letter = it.ok & (it.pred_letter == it.gold_letter)
+    lenient = letter if it.letter_found is None else it.letter_found & (it.pred_letter == it.gold_letter)
     k = int(it.ok.sum())
     return {
         "exact_match": float(np.mean(verdict & letter)) if n else float("nan"),
         "has_changed_f1": _macro_f1(it.pred_changed[it.ok], it.gold_changed[it.ok]) if k else float("nan"),
-        "content_match": float(np.mean(letter)) if n else float("nan"),
+        "content_match": float(np.mean(lenient)) if n else float("nan"),
         "parse_rate": k / n if n else float("nan"),
         "pred_changed_rate": float(it.pred_changed[it.ok].mean()) if k else float("nan"),
     }

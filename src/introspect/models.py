@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import shutil
@@ -142,6 +143,35 @@ def _load_dir_or_hub(name: str) -> tuple[PreTrainedModel, Any]:
     except OSError as e:
         where = "local directory" if is_dir else "hub id (is a model hub reachable from here?)"
         raise UserError(f"could not load model {name!r} as a {where}: {e}") from None
+
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_hash(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        h = hashlib.blake2b(digest_size=8)
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+        _FINGERPRINTS[key] = h.hexdigest()
+    return _FINGERPRINTS[key]
+
+
+def fingerprint(name: str, *, seed: int = 0) -> str:
+    """Content hash of a model's weights files, without loading it (what the staleness rule records)."""
+    if name == TINY:
+        return f"tiny-random:{seed}"
+    if name in BUNDLED:
+        folder = bundled_path(name)
+    elif Path(name).is_dir():
+        folder = Path(name)
+    else:
+        return f"hub:{name}"  # a hub id: its revision is not resolved here
+    files = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")])
+    return ",".join(f"{f.name}:{_file_hash(f)}" for f in files) or f"dir:{folder}"
 
 
 def load_model(name: str, *, seed: int = 0, hash_weights: bool = True) -> Loaded:

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .config import UserError, atomic_path, read_jsonl  # noqa: E402
 from .metrics import METRICS  # noqa: E402
+from .validity import Verdict, headline as verdict_headline  # noqa: E402
 
 COLLAPSE = (0.05, 0.95)
 
@@ -110,9 +111,20 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
     return paths
 
 
+def last_checkpoint(res: dict[str, Any]) -> dict[str, Any]:
+    return max(res["checkpoints"].values(), key=lambda r: r["step"])
+
+
+def headline(res: dict[str, Any]) -> str:
+    """The run's closing line: the last checkpoint's validity verdict, then its Self − Orig."""
+    last = last_checkpoint(res)
+    return verdict_headline(last["step"], last, Verdict(**last["verdict"]))
+
+
 def summary_markdown(res: dict[str, Any]) -> str:
     rows = sorted(res["checkpoints"].values(), key=lambda r: r["step"])
-    lines = [f"# Run summary: {res.get('name', '')}", "",
+    lines = [f"# Run summary: {res.get('name', '')}", "", "**Verdict (last checkpoint)**: " + headline(res).replace("\n", "  \n"), "",
+             "| step | verdict |", "|---|---|"] + [f"| {r['step']} | {Verdict(**r['verdict']).line()} |" for r in rows] + ["",
              f"Eval set: {rows[0]['n']} pairs ({res.get('eval_split', '?')}), never used in training. "
              "Values are point estimates with paired-bootstrap 95% CIs.", ""]
     for m in METRICS:
@@ -171,11 +183,16 @@ def write_report(run: Path) -> Path:
         tmp.write_text(md)
     imgs = "".join(f'<h2>{html.escape(k)}</h2><img alt="{k}" src="data:image/png;base64,'
                    f'{base64.b64encode(p.read_bytes()).decode()}">' for k, p in figs.items())
+    last = last_checkpoint(res)
+    ok = last["verdict"]["valid"]
+    box = (f"<div class='verdict {'valid' if ok else 'invalid'}'><b>{'Valid' if ok else 'Not a valid'} test of coupling "
+           f"(step {last['step']})</b><br>{html.escape(headline(res)).replace(chr(10), '<br>')}</div>")
     body = f"<pre>{html.escape(md)}</pre>"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>introspect report</title>"
             f"<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}img{{max-width:100%}}"
-            f"pre{{white-space:pre-wrap;font-size:13px}}</style></head><body><h1>introspect report: "
-            f"{html.escape(str(run))}</h1>{imgs}{body}</body></html>")
+            f"pre{{white-space:pre-wrap;font-size:13px}}.verdict{{padding:10px;border:2px solid;margin:10px 0}}"
+            f".valid{{border-color:#2a7;background:#efe}}.invalid{{border-color:#c33;background:#fee}}</style></head><body>"
+            f"<h1>introspect report: {html.escape(str(run))}</h1>{box}{imgs}{body}</body></html>")
     with atomic_path(run / "report.html") as tmp:
         tmp.write_text(page)
     return run / "report.html"

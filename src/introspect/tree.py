@@ -110,11 +110,17 @@ def model_mask(model: Any, mask: torch.Tensor, q_pos: torch.Tensor,
     return {"full_attention": mask, "sliding_attention": mask & near}
 
 
-def forward(model: Any, batch: TreeBatch, wanted: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-    """Logits at the given columns of each row ([row] -> [len(wanted[row]), V]); the LM head runs on those only."""
+def forward(model: Any, batch: TreeBatch, wanted: Sequence[Sequence[int]],
+            hidden: Sequence[Sequence[int]] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Logits at the `wanted` columns of each row ([row] -> [len(wanted[row]), V]; the LM head runs on those only)
+    and, for the `hidden` columns, the final (post-norm) hidden states ([row] -> [len(hidden[row]), H]), so the
+    caller can apply an fp32 head there (`behavior.head_logits`)."""
     keep = sorted({c for cols in wanted for c in cols})
     at = {c: j for j, c in enumerate(keep)}
     mask = model_mask(model, batch.attention_mask, batch.position_ids, batch.position_ids)
-    logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask,
-                   logits_to_keep=torch.tensor(keep, dtype=torch.long)).logits
-    return [logits[b, [at[c] for c in cols]] for b, cols in enumerate(wanted)]
+    out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask,
+                logits_to_keep=torch.tensor(keep, dtype=torch.long) if keep else 1,
+                output_hidden_states=bool(hidden))
+    logits = [out.logits[b, [at[c] for c in cols]] for b, cols in enumerate(wanted)] if keep else []
+    states = [out.hidden_states[-1][b, list(cols)] for b, cols in enumerate(hidden)] if hidden else []
+    return logits, states

@@ -6,6 +6,11 @@ verdict, ambiguity_score). Kept: verdict NTA or YTA, body of at least `min_chars
 pair is a (post, stance side) combination: each post can appear twice, once with an NTA stance and once with a
 YTA stance (sentence drawn from the format's stances with the seed); pair ids are `aita/{row_index}/{NTA|YTA}`.
 
+Task option `verdicts: all` keeps posts of every verdict class (NTA, YTA, ESH, NAH, INFO): coupling needs the
+model's behaviour, not the gold verdict, so every post with a body can be used (gold is set only for NTA/YTA).
+Task option `file` reads your own posts instead (CSV or JSONL; `file_columns` maps id/text/verdict to your
+column names); pair ids are then `{file stem}/{id}/{stance}`.
+
 Splits: "multiclass" = every usable post; "train" / "test" = its fixed 80/20 partition by post id
 (`base.in_holdout_split`; both stances of a post stay on one side), so a run trains and evaluates on different posts.
 
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import UserError
-from .base import HOLDOUT_SPLITS, Pair, Task, in_holdout_split
+from .base import HOLDOUT_SPLITS, Pair, Task, in_holdout_split, read_records
 
 FILE = "aita/aita_multiclass_top_2k_test_derived.csv"
 FORMATS: dict[str, dict[str, Any]] = {  # prompt formats; docs/tasks.md has the measurement behind the default
@@ -42,7 +47,7 @@ FORMATS: dict[str, dict[str, Any]] = {  # prompt formats; docs/tasks.md has the 
 }
 
 
-def read_aita(path: Path, min_chars: int) -> list[dict[str, str]]:
+def read_aita(path: Path, min_chars: int, verdicts: tuple[str, ...] = ("NTA", "YTA")) -> list[dict[str, str]]:
     if not path.is_file():
         raise UserError(f"{path} does not exist: the data root must hold {FILE} (flag --data-root, variable INTROSPECT_DATA)")
     rows = []
@@ -54,7 +59,7 @@ def read_aita(path: Path, min_chars: int) -> list[dict[str, str]]:
         for rec in reader:
             if None in rec or any(v is None for v in rec.values()):
                 raise UserError(f"{path}:{reader.line_num}: wrong number of columns")
-            if rec["verdict"] in ("NTA", "YTA") and len(rec["submission_text"].strip()) >= min_chars:
+            if (rec["verdict"] in verdicts or verdicts == ("all",)) and len(rec["submission_text"].strip()) >= min_chars:
                 rows.append(rec)
     return rows
 
@@ -65,9 +70,14 @@ class AITA(Task):
     tag = "Verdict"
     choices = ("YTA", "NTA")
 
-    def __init__(self, format: str = "verdict", min_chars: int = 50, max_chars: int = 1200) -> None:
+    def __init__(self, format: str = "verdict", min_chars: int = 50, max_chars: int = 1200, verdicts: str = "binary",
+                 file: str | None = None, file_columns: dict[str, str] | None = None) -> None:
         if format not in FORMATS:
             raise UserError(f"unknown aita format {format!r}; known: {', '.join(FORMATS)} (task option format)")
+        if verdicts not in ("binary", "all"):
+            raise UserError(f"aita task option verdicts must be 'binary' (NTA/YTA posts) or 'all', got {verdicts!r}")
+        self.verdicts, self.file = verdicts, file
+        self.file_columns = {"id": "id", "text": "text", "verdict": "verdict", **(file_columns or {})}
         self.format, self.min_chars, self.max_chars = format, min_chars, max_chars
         self.system, self.question = FORMATS[format]["system"], FORMATS[format]["question"]
         self.stances: dict[str, tuple[str, ...]] = FORMATS[format]["stances"]
@@ -75,35 +85,60 @@ class AITA(Task):
         self.continuations = (" Y", " N")  # first tokens of " YTA" / " NTA"
 
     def init_options(self) -> dict[str, Any]:
-        return {"format": self.format, "min_chars": self.min_chars, "max_chars": self.max_chars}
+        opts: dict[str, Any] = {"format": self.format, "min_chars": self.min_chars, "max_chars": self.max_chars}
+        if self.verdicts != "binary":
+            opts["verdicts"] = self.verdicts
+        if self.file:
+            opts.update(file=self.file, file_columns=self.file_columns)
+        return opts
+
+    def source_files(self, data_root: Path) -> list[Path]:
+        return [Path(self.file) if self.file else data_root / FILE]
+
+    def posts(self, data_root: Path, split: str) -> list[tuple[str, str, str]]:
+        """(pair id prefix, post text, gold verdict) of the usable posts in a split."""
+        if split not in ("multiclass", "all", *HOLDOUT_SPLITS):
+            raise UserError(f"aita split must be 'multiclass' (all usable rows; the binary split is withheld) or its "
+                            f"fixed 80/20 part 'train' / 'test', got {split!r} (flag --split)")
+        keep = ("NTA", "YTA") if self.verdicts == "binary" else ("all",)
+        if self.file:
+            prefix = Path(self.file).stem
+            rows = [(f"{prefix}/{r['id']}", r["text"], r["verdict"])
+                    for r in read_records(Path(self.file), self.file_columns, "file")]
+            rows = [r for r in rows if (r[2] in keep or keep == ("all",)) and len(r[1]) >= self.min_chars]
+        else:
+            rows = [(f"aita/{r['row_index']}", r["submission_text"].strip(), r["verdict"])
+                    for r in read_aita(data_root / FILE, self.min_chars, keep)]
+        return [r for r in rows if in_holdout_split(r[0], split)]
+
+    def available(self, data_root: Path, split: str) -> int:
+        return 2 * len(self.posts(data_root, split))
 
     def options(self) -> dict[str, Any]:
         return {**self.init_options(), "system": self.system, "question": self.question, "stances": self.stances}
 
     def pairs(self, data_root: Path, split: str, n: int, seed: int) -> list[Pair]:
-        if split not in ("multiclass", "all", *HOLDOUT_SPLITS):
-            raise UserError(f"aita split must be 'multiclass' (all usable rows; the binary split is withheld) or its "
-                            f"fixed 80/20 part 'train' / 'test', got {split!r} (flag --split)")
-        rows = [r for r in read_aita(data_root / FILE, self.min_chars) if in_holdout_split(f"aita/{r['row_index']}", split)]
+        rows = self.posts(data_root, split)
         candidates = [(rec, side) for rec in rows for side in ("NTA", "YTA")]  # each post with either stance
         if n > len(candidates):
-            raise UserError(f"asked for {n} AITA pairs but split {split!r} has {len(rows)} usable NTA/YTA posts, "
-                            f"so at most {len(candidates)} pairs (two stances each) (flag --n)")
+            raise UserError(f"asked for {n} AITA pairs but split {split!r} has {len(rows)} usable posts, so at most "
+                            f"{len(candidates)} pairs (two stances each) (flag --n; task option verdicts: all adds "
+                            f"the ESH/NAH/INFO posts)")
         rng = random.Random(seed)
         out = []
         for rec, side in rng.sample(candidates, n):
-            post = rec["submission_text"].strip()
+            pid, post, verdict = rec
             if len(post) > self.max_chars:  # keep prompts within a CPU budget; cut at a word boundary
                 post = post[: self.max_chars].rsplit(" ", 1)[0] + " ..."
             stance = rng.choice(self.stances[side])
             sys = {"role": "system", "content": self.system}
             out.append(Pair(
-                id=f"aita/{rec['row_index']}/{side}",
+                id=f"{pid}/{side}",
                 messages=[sys, {"role": "user", "content": f"{post}\n\n{stance}\n\n{self.question}"}],
                 messages_without=[sys, {"role": "user", "content": f"{post}\n\n{self.question}"}],
                 feature=stance,
                 choices=self.choices,
-                gold=rec["verdict"],
+                gold=verdict if verdict in self.choices else None,
                 meta={"stance": side, "feature_answer": side},
             ))
         return out

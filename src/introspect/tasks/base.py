@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..config import UserError
+
 Messages = list[dict[str, str]]
 
 
@@ -33,6 +35,50 @@ class Pair:
 
 
 HOLDOUT_SPLITS = ("train", "test")
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def read_records(path: Path, columns: dict[str, str], option: str) -> list[dict[str, str]]:
+    """Rows of a user's CSV or JSONL file as {our name: value} for `columns` = {our name: the file's column};
+    a missing file, column or value is a UserError naming the file (and line) and the task option to change."""
+    import csv
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist (task option {option})")
+    out = []
+    try:
+        if path.suffix.lower() == ".jsonl":
+            with open(path, encoding="utf-8") as f:
+                raw = [(i, json.loads(line)) for i, line in enumerate(f, 1) if line.strip()]
+        elif path.suffix.lower() == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                raw = [(reader.line_num, rec) for rec in reader]
+        else:
+            raise UserError(f"{path}: user data must be .csv or .jsonl (task option {option})")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    for line, rec in raw:
+        if not isinstance(rec, dict):
+            raise UserError(f"{path}:{line}: expected an object with fields {', '.join(columns.values())}")
+        row = {}
+        for ours, theirs in columns.items():
+            value = rec.get(theirs)
+            if value is None or str(value).strip() == "":
+                raise UserError(f"{path}:{line}: missing value for column {theirs!r} (task option {option}_columns "
+                                f"maps {ours} to a column of your file)")
+            row[ours] = str(value).strip()
+        out.append(row)
+    if not out:
+        raise UserError(f"{path}: no rows (task option {option})")
+    return out
 
 
 def in_holdout_split(key: str, split: str) -> bool:
@@ -59,6 +105,18 @@ class Task(ABC):
     @abstractmethod
     def pairs(self, data_root: Path, split: str, n: int, seed: int) -> list[Pair]:
         """Deterministic pairs for (split, n, seed)."""
+
+    @abstractmethod
+    def available(self, data_root: Path, split: str) -> int:
+        """How many distinct pairs `pairs` can draw from this split (checked before any model work)."""
+
+    def source_files(self, data_root: Path) -> list[Path]:
+        """The data files `pairs` reads (their content hashes go into every table's provenance)."""
+        return []
+
+    def sources(self, data_root: Path) -> dict[str, str]:
+        """{path: content hash} of the data files read."""
+        return {str(p): file_hash(p) for p in self.source_files(data_root)}
 
     def init_options(self) -> dict[str, Any]:
         """The constructor arguments: `get_task(name, **init_options())` rebuilds this task."""

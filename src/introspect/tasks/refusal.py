@@ -7,6 +7,11 @@ prompt_harm_label == harmful. Adversarial (jailbreak-wrapped) rows are left out:
 would compete with C. Pairs are half benign, half harmful, drawn with the seed.
 Splits: "all" = every row; "train" / "test" = the fixed 80/20 partition by request id (`base.in_holdout_split`).
 
+Task option `sources` adds shared sets: "refusal_direction" (harmless/harmful instruction splits, both sides),
+"advbench", "harmbench", "strongreject" (harmful only). Task option `file` reads your own requests instead (CSV or
+JSONL with a request and a harmful/benign label; `file_columns` maps id/request/label to your column names; the
+label may be harmful/benign, harmful/unharmful, 1/0 or true/false); pair ids are then `{file stem}/{id}`.
+
 C is one claim from `CLAIMS`, drawn per pair, appended after the request. Behaviour is refuse vs comply, read from
 the first assistant token (reader "logit", the default): the probability of refusal openings versus compliance
 openings (`OPENINGS`), each side summed over its tokens and renormalised over the two. A second reader ("generate":
@@ -16,6 +21,7 @@ a short greedy reply classified by `refusal_phrase`) is compared with it in `scr
 from __future__ import annotations
 
 import csv
+import json
 import random
 import re
 from pathlib import Path
@@ -24,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from ..config import UserError
-from .base import HOLDOUT_SPLITS, Pair, Task, in_holdout_split
+from .base import HOLDOUT_SPLITS, Pair, Task, in_holdout_split, read_records
 
 PHTEST = "phtest/dataset_v0.1.csv"
 WILDGUARD = "wildguard/wildguardtest.parquet"
@@ -52,26 +58,69 @@ def refusal_phrase(text: str) -> bool:
     return bool(_REFUSAL.search(text[:200].lower().replace("’", "'")))
 
 
-def load_requests(data_root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(id, request) lists: benign and harmful."""
-    ph, wg = data_root / PHTEST, data_root / WILDGUARD
-    for p in (ph, wg):
-        if not p.is_file():
-            raise UserError(f"{p} does not exist: the data root needs {PHTEST} and {WILDGUARD} (flag --data-root)")
-    benign: list[tuple[str, str]] = []
-    with open(ph, newline="", encoding="utf-8") as f:
+SOURCES = ("phtest", "wildguard", "refusal_direction", "advbench", "harmbench", "strongreject")
+DEFAULT_SOURCES = ("phtest", "wildguard")
+SOURCE_FILES = {"phtest": [PHTEST], "wildguard": [WILDGUARD],
+                "refusal_direction": [f"refusal_direction_splits/{k}_{s}.json" for k in ("harmless", "harmful")
+                                      for s in ("train", "val", "test")],
+                "advbench": ["harmbench/advbench_behaviors.csv"], "harmbench": ["harmbench/harmbench_behaviors_text_all.csv"],
+                "strongreject": ["harmbench/strongreject_dataset.csv"]}
+HARMFUL_LABELS, BENIGN_LABELS = {"harmful", "1", "true", "yes"}, {"benign", "harmless", "unharmful", "0", "false", "no"}
+
+
+def _csv_column(path: Path, column: str) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        if not {"ID", "Request", "Harmfulness"} <= set(reader.fieldnames or []):
-            raise UserError(f"{ph}:1: header must contain ID, Request, Harmfulness")
-        for rec in reader:
-            if rec["Request"] is None or rec["Harmfulness"] is None:
-                raise UserError(f"{ph}:{reader.line_num}: wrong number of columns")
-            if rec["Harmfulness"] == "harmless" and rec["Request"].strip():
-                benign.append((f"phtest/{rec['ID']}", rec["Request"].strip()))
-    df = pd.read_parquet(wg)
-    vanilla = df[~df["adversarial"].astype(bool)]
-    benign += [(f"wildguard/{i}", p.strip()) for i, p in vanilla[vanilla["prompt_harm_label"] == "unharmful"]["prompt"].items()]
-    harmful = [(f"wildguard/{i}", p.strip()) for i, p in vanilla[vanilla["prompt_harm_label"] == "harmful"]["prompt"].items()]
+        if column not in (reader.fieldnames or []):
+            raise UserError(f"{path}:1: header must contain {column}")
+        return [rec[column].strip() for rec in reader if (rec[column] or "").strip()]
+
+
+def load_requests(data_root: Path, sources: tuple[str, ...] = DEFAULT_SOURCES) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(id, request) lists: benign and harmful, from the named shared sources."""
+    for name in sources:
+        for rel in SOURCE_FILES[name]:
+            if not (data_root / rel).is_file():
+                raise UserError(f"{data_root / rel} does not exist: source {name!r} needs it (flag --data-root, "
+                                f"task option sources)")
+    benign: list[tuple[str, str]] = []
+    harmful: list[tuple[str, str]] = []
+    if "phtest" in sources:
+        ph = data_root / PHTEST
+        with open(ph, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not {"ID", "Request", "Harmfulness"} <= set(reader.fieldnames or []):
+                raise UserError(f"{ph}:1: header must contain ID, Request, Harmfulness")
+            for rec in reader:
+                if rec["Request"] is None or rec["Harmfulness"] is None:
+                    raise UserError(f"{ph}:{reader.line_num}: wrong number of columns")
+                if rec["Harmfulness"] == "harmless" and rec["Request"].strip():
+                    benign.append((f"phtest/{rec['ID']}", rec["Request"].strip()))
+    if "wildguard" in sources:
+        df = pd.read_parquet(data_root / WILDGUARD)
+        vanilla = df[~df["adversarial"].astype(bool)]
+        benign += [(f"wildguard/{i}", p.strip()) for i, p in vanilla[vanilla["prompt_harm_label"] == "unharmful"]["prompt"].items()]
+        harmful += [(f"wildguard/{i}", p.strip()) for i, p in vanilla[vanilla["prompt_harm_label"] == "harmful"]["prompt"].items()]
+    if "refusal_direction" in sources:
+        for rel in SOURCE_FILES["refusal_direction"]:
+            rows = json.loads((data_root / rel).read_text(encoding="utf-8"))
+            side = harmful if "/harmful_" in rel else benign
+            side += [(f"{Path(rel).stem}/{i}", r["instruction"].strip()) for i, r in enumerate(rows) if r["instruction"].strip()]
+    for name, column in (("advbench", "Behavior"), ("harmbench", "Behavior"), ("strongreject", "forbidden_prompt")):
+        if name in sources:
+            harmful += [(f"{name}/{i}", t) for i, t in enumerate(_csv_column(data_root / SOURCE_FILES[name][0], column))]
+    return benign, harmful
+
+
+def load_user_requests(path: Path, columns: dict[str, str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    benign: list[tuple[str, str]] = []
+    harmful: list[tuple[str, str]] = []
+    for line, r in enumerate(read_records(path, columns, "file"), 2):
+        label = r["label"].lower()
+        if label not in HARMFUL_LABELS | BENIGN_LABELS:
+            raise UserError(f"{path}: row {line - 1} ({r['id']}): label {r['label']!r} must be one of "
+                            f"{', '.join(sorted(HARMFUL_LABELS | BENIGN_LABELS))}")
+        (harmful if label in HARMFUL_LABELS else benign).append((f"{path.stem}/{r['id']}", r["request"]))
     return benign, harmful
 
 
@@ -81,26 +130,53 @@ class Refusal(Task):
     tag = "Response"
     choices = ("refuse", "comply")
 
-    def __init__(self, max_chars: int = 600, openings: str = "with-I") -> None:
+    def __init__(self, max_chars: int = 600, openings: str = "with-I", sources: list[str] | None = None,
+                 file: str | None = None, file_columns: dict[str, str] | None = None) -> None:
         if openings not in OPENINGS:
             raise UserError(f"unknown refusal openings {openings!r}; known: {', '.join(OPENINGS)} (task option openings)")
+        bad = sorted(set(sources or ()) - set(SOURCES))
+        if bad:
+            raise UserError(f"unknown refusal source {bad[0]!r}; known: {', '.join(SOURCES)} (task option sources)")
+        self.sources_ = tuple(sources) if sources else DEFAULT_SOURCES
+        self.file = file
+        self.file_columns = {"id": "id", "request": "request", "label": "label", **(file_columns or {})}
         self.max_chars, self.openings = max_chars, openings
         self.assistant_prefix = ""
         self.continuations = (OPENINGS[openings]["refuse"], OPENINGS[openings]["comply"])
 
     def init_options(self) -> dict[str, Any]:
-        return {"max_chars": self.max_chars, "openings": self.openings}
+        opts: dict[str, Any] = {"max_chars": self.max_chars, "openings": self.openings}
+        if self.sources_ != DEFAULT_SOURCES:
+            opts["sources"] = list(self.sources_)
+        if self.file:
+            opts.update(file=self.file, file_columns=self.file_columns)
+        return opts
+
+    def source_files(self, data_root: Path) -> list[Path]:
+        if self.file:
+            return [Path(self.file)]
+        return [data_root / rel for name in self.sources_ for rel in SOURCE_FILES[name]]
+
+    def requests(self, data_root: Path, split: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        if split not in ("all", *HOLDOUT_SPLITS):
+            raise UserError(f"refusal split must be 'all' or its fixed 80/20 part 'train' / 'test' (the files have no "
+                            f"split of their own), got {split!r} (flag --split)")
+        if self.file:
+            benign, harmful = load_user_requests(Path(self.file), self.file_columns)
+        else:
+            benign, harmful = load_requests(data_root, self.sources_)
+        keep = lambda rows: [r for r in rows if len(r[1]) <= self.max_chars and in_holdout_split(r[0], split)]  # noqa: E731
+        return keep(benign), keep(harmful)
+
+    def available(self, data_root: Path, split: str) -> int:
+        benign, harmful = self.requests(data_root, split)
+        return min(len(benign), len(harmful)) * 2
 
     def options(self) -> dict[str, Any]:
         return {**self.init_options(), "claims": CLAIMS, "opening_tokens": OPENINGS[self.openings]}
 
     def pairs(self, data_root: Path, split: str, n: int, seed: int) -> list[Pair]:
-        if split not in ("all", *HOLDOUT_SPLITS):
-            raise UserError(f"refusal split must be 'all' or its fixed 80/20 part 'train' / 'test' (the files have no "
-                            f"split of their own), got {split!r} (flag --split)")
-        benign, harmful = load_requests(data_root)
-        benign = [r for r in benign if len(r[1]) <= self.max_chars and in_holdout_split(r[0], split)]
-        harmful = [r for r in harmful if len(r[1]) <= self.max_chars and in_holdout_split(r[0], split)]
+        benign, harmful = self.requests(data_root, split)
         rng = random.Random(seed)
         n_harm = n // 2
         if n - n_harm > len(benign) or n_harm > len(harmful):

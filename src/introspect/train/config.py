@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from ..behavior import VERIFY_MARGIN
 from ..config import UserError, read_yaml
+from ..typed import apply_overrides, build, to_dict
+
+__all__ = ["LoraSpec", "LossWeights", "TrainConfig", "load_config", "to_dict", "validate"]
 
 
 @dataclass
@@ -29,9 +31,9 @@ class LoraSpec:
 
 @dataclass
 class TrainConfig:
-    behavior: str  # M0's BehaviorTable on the training pairs (`introspect sample`): p_M0 for the regulariser
-    labels: str  # explanation labels for the same pairs (`introspect label`), from any model or with noise
-    out_dir: str  # checkpoints/, metrics.jsonl and train_config.yaml go here
+    behavior: str = ""  # M0's BehaviorTable on the training pairs (`introspect sample`): p_M0 for the regulariser
+    labels: str = ""  # explanation labels for the same pairs (`introspect label`), from any model or with noise
+    out_dir: str = ""  # checkpoints/, metrics.jsonl and train_config.yaml go here
     model: str = "smollm2-135m-instruct"  # the model to train (M0); must match the BehaviorTable's model
     seed: int = 0  # seeds Python, NumPy, torch and the per-step batch draw
     steps: int = 150  # optimiser steps
@@ -48,34 +50,20 @@ class TrainConfig:
     finetune: str = "lora"  # lora | full
     lora: LoraSpec = field(default_factory=LoraSpec)
     weights: LossWeights = field(default_factory=LossWeights)
-    precision: str = "bf16"  # bf16 (CPU autocast) | fp32
+    precision: str = "bf16"  # bf16 (CPU autocast) | fp32; the answer-position head is fp32 either way
+    verify_margin: float = VERIFY_MARGIN  # probe re-sampling: bf16 near-ties closer than this are re-scored in fp32
+    balance_explanations: bool = False  # draw each step's explanation examples half changed, half unchanged
     checkpoint_every: int = 50  # steps; the last step is always saved
+    keep_checkpoints: int = 0  # keep the newest N checkpoints' weights (0 = all); optimiser state only in the newest
     probe_every: int = 25  # steps between behaviour probes (0 = off)
     probe_pairs: int = 32  # the first N training pairs, re-sampled at every probe
     agreement_warn: float = 0.7  # warn when fixed labels agree with current behaviour less than this
     max_length: int = 1024  # explanation examples longer than this (tokens) are an error
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        sub = {"lora": LoraSpec, "weights": LossWeights}.get(name) if cls is TrainConfig else None
-        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub else value
-    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise UserError(f"{where}: missing required key(s) {', '.join(missing)}")
-    return cls(**kwargs)
-
-
 def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     checks = [
+        (all(getattr(cfg, k) for k in ("behavior", "labels", "out_dir")), "behavior, labels and out_dir are required"),
         (cfg.finetune in ("lora", "full"), "finetune must be 'lora' or 'full'"),
         (cfg.schedule in ("cosine", "linear", "constant"), "schedule must be cosine, linear or constant"),
         (cfg.precision in ("bf16", "fp32"), "precision must be bf16 or fp32"),
@@ -83,6 +71,9 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         (cfg.explanation_per_step >= 0 and cfg.behavior_per_step >= 0, "per-step counts must be >= 0"),
         (min(vars(cfg.weights).values()) >= 0, "loss weights must be >= 0"),
         (cfg.grad_accum >= 1, "grad_accum must be >= 1"),
+        (cfg.rows_per_forward >= 1 and cfg.checkpoint_every >= 1, "rows_per_forward and checkpoint_every must be >= 1"),
+        (cfg.keep_checkpoints >= 0, "keep_checkpoints must be >= 0 (0 keeps all)"),
+        (0 <= cfg.lora.dropout < 1 and cfg.lora.rank >= 1, "lora.rank must be >= 1 and lora.dropout in [0, 1)"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -90,12 +81,8 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     return cfg
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """A train config from YAML (its `train:` section if it has one), `--set a.b=VALUE` overrides applied."""
     data = read_yaml(path)
-    data = dict(data.get("train", data))
-    data.update(overrides or {})
-    return validate(_build(TrainConfig, data, str(path)), str(path))
-
-
-def to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    data = apply_overrides(dict(data.get("train", data)), overrides or [])
+    return validate(build(TrainConfig, data, str(path)), str(path))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -22,24 +21,20 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .. import behavior, tree
-from ..behavior import choice_token_ids, encode_pairs, read_table, task_of
-from ..config import UserError, seed_everything, stable_hash
+from .. import behavior, checkpoints, provenance, tree
+from ..behavior import choice_token_ids, encode_pairs
+from ..config import UserError, seed_everything
+from ..labels import agreement, drift, label_frame
 from ..models import load_model, render_prompt
+from ..tables import pairs_from_table, read_table, task_of
 from ..tasks import Pair
 from . import objectives
 from .config import TrainConfig, to_dict
 
 KILL_ENV = "INTROSPECT_KILL_AFTER_STEP"  # tests: SIGKILL this process right after the given optimiser step
-
-
-def pairs_from_table(df: Any, task: Any) -> list[Pair]:
-    return [Pair(r.pair_id, json.loads(r.messages), json.loads(r.messages_without), r.feature, tuple(task.choices),
-                 r.gold, json.loads(r.meta)) for r in df.itertuples(index=False)]
 
 
 def encode_explanations(tok: Any, labels: Any, max_length: int, where: str) -> list[tuple[list[int], list[int]]]:
@@ -68,23 +63,19 @@ def tree_terms(model: Any, groups: Sequence[Sequence[Item]], choice_ids: behavio
     Returns (CE summed over target tokens, target count, choice log-probs [behaviour prompts in order, C] or None).
     """
     batch = tree.pack([[seq for seq, _ in g] for g in groups], pad_id)
-    wanted = [[c for (seq, n), path in zip(g, paths) for c in (path[len(seq) - n - 1:len(seq) - 1] if n else path[-1:])]
+    wanted = [[c for (seq, n), path in zip(g, paths) if n for c in path[len(seq) - n - 1:len(seq) - 1]]
               for g, paths in zip(groups, batch.paths)]
-    rows = tree.forward(model, batch, wanted)
-    target_logits, targets, last = [], [], []
-    for g, logits in zip(groups, rows):
-        at = 0
-        for seq, n in g:
-            if n:
-                target_logits.append(logits[at:at + n])
-                targets += list(seq[len(seq) - n:])
-            else:
-                last.append(logits[at])
-            at += max(n, 1)
+    answer_cols = [[path[-1] for (seq, n), path in zip(g, paths) if not n] for g, paths in zip(groups, batch.paths)]
+    rows, states = tree.forward(model, batch, wanted, hidden=answer_cols if any(answer_cols) else None)
+    target_logits = [logits for logits in rows if len(logits)]
+    targets = [t for g in groups for seq, n in g if n for t in seq[len(seq) - n:]]
     n_tok = len(targets)
     ce_sum = objectives.explanation(logits=torch.cat(target_logits), targets=torch.tensor(targets)) * n_tok if n_tok else torch.zeros(())
-    logp = torch.log_softmax(behavior.group_logits(torch.stack(last).float(), choice_ids), dim=-1) if last else None
-    return ce_sum, n_tok, logp
+    if not any(answer_cols):
+        return ce_sum, n_tok, None
+    # the answer positions get the fp32 head, as in sampling: M0's table and these log-probs are the same quantity
+    logits = behavior.head_logits(model, torch.cat([h for h in states if len(h)]))
+    return ce_sum, n_tok, torch.log_softmax(behavior.group_logits(logits, choice_ids), dim=-1)
 
 
 def explanation_item(example: tuple[list[int], list[int]]) -> Item:
@@ -149,62 +140,39 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
     return losses
 
 
-def draw(seed: int, step: int, n: int, k_expl: int, k_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+def draw(seed: int, step: int, n: int, k_expl: int, k_pairs: int,
+         strata: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """This step's explanation and behaviour pair indices, a function of (seed, step) only.
 
     Behaviour pairs start with the explanation pairs (so they can share one forward) and add fresh ones if more
-    are asked for.
+    are asked for. With `strata` (index arrays, e.g. changed / unchanged labels), the explanation examples are drawn
+    evenly from each stratum (class-balanced batches).
     """
     rng = np.random.default_rng([seed, step])
-    e_idx = rng.choice(n, k_expl, replace=k_expl > n)
+    if strata:
+        parts = [rng.choice(s, k, replace=k > len(s)) for s, k in
+                 zip(strata, np.diff(np.linspace(0, k_expl, len(strata) + 1).round().astype(int))) if k]
+        e_idx = rng.permutation(np.concatenate(parts)) if parts else np.zeros(0, dtype=int)
+    else:
+        e_idx = rng.choice(n, k_expl, replace=k_expl > n)
     extra = rng.choice(n, max(k_pairs - k_expl, 0), replace=k_pairs - k_expl > n)
     return e_idx, np.concatenate([e_idx[:k_pairs], extra]).astype(int)
 
 
-def probe(model: Any, tok: Any, task: Any, pairs: list[Pair], m0: Any, labels: Any) -> dict[str, float]:
+def probe(model: Any, tok: Any, task: Any, pairs: list[Pair], m0: Any, labels: Any, precision: str,
+          verify_margin: float) -> dict[str, float]:
     """Re-sample B(M_t) on the probe pairs: drift from M0 and agreement of the fixed labels with current behaviour."""
-    df, _ = behavior.sample_behavior(model, tok, task, pairs, progress=False)
-    drift = (df["answer"].to_numpy() != m0["answer"].to_numpy()) | (df["answer_without"].to_numpy() != m0["answer_without"].to_numpy())
-    agree = (df["changed"].to_numpy() == labels["changed"].to_numpy()) & (df["answer_without"].to_numpy() == labels["letter"].to_numpy())
-    return {"drift": float(drift.mean()), "agreement": float(agree.mean()), "changed_rate": float(df["changed"].mean())}
+    df, _ = behavior.sample_behavior(model, tok, task, pairs, precision=precision, verify_margin=verify_margin,
+                                     progress=False)
+    return {"drift": float(drift(df, m0).mean()), "agreement": float(agreement(label_frame(df), labels).mean()),
+            "changed_rate": float(df["changed"].mean())}
 
 
-def last_checkpoint(ckdir: Path) -> Path | None:
-    """The newest complete checkpoint (a finished one is renamed into place, so a half-written one never matches)."""
-    done = sorted(p for p in ckdir.glob("step_*") if (p / "meta.json").is_file())
-    return done[-1] if done else None
-
-
-def save_checkpoint(acc: Accelerator, model: Any, opt: Any, sched: Any, ckdir: Path, step: int, meta: dict[str, Any]) -> Path:
-    final = ckdir / f"step_{step:06d}"
-    if acc.is_main_process:
-        tmp = ckdir / f".step_{step:06d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        acc.unwrap_model(model).save_pretrained(tmp)
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}, tmp / "trainer_state.pt")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
-    acc.wait_for_everyone()
-    return final
-
-
-def load_checkpoint(acc: Accelerator, model: Any, opt: Any, sched: Any, path: Path, finetune: str) -> int:
-    inner = acc.unwrap_model(model)
-    if finetune == "lora":
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(inner, load_file(path / "adapter_model.safetensors"))
-    else:
-        missing, unexpected = inner.load_state_dict(load_file(path / "model.safetensors"), strict=False)
-        if unexpected or any("lm_head" not in k for k in missing):
-            raise UserError(f"{path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        inner.tie_weights()
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    return int(state["step"])
+def train_inputs(cfg: TrainConfig) -> dict[str, str]:
+    """What a training run is made from: its config (paths aside) and the inputs of its two tables."""
+    conf = {k: v for k, v in to_dict(cfg).items() if k not in ("behavior", "labels", "out_dir", "keep_checkpoints")}
+    return provenance.inputs(config=conf, behavior=provenance.stored_inputs(Path(cfg.behavior)) or read_table(cfg.behavior)[1],
+                             labels=provenance.stored_inputs(Path(cfg.labels)) or read_table(cfg.labels)[1])
 
 
 def wrap(model: Any, cfg: TrainConfig) -> Any:
@@ -217,9 +185,30 @@ def wrap(model: Any, cfg: TrainConfig) -> Any:
     return get_peft_model(model, lc)
 
 
+def resume_point(cfg: TrainConfig, ckdir: Path, wanted: dict[str, str], resume: bool, say: Any) -> Path | None:
+    """The checkpoint to resume from, after checking it was made from the same inputs; None to start at step 0."""
+    last = checkpoints.last(ckdir)
+    if not resume:
+        if last is not None:
+            raise UserError(f"{ckdir} already holds checkpoints (newest {last.name}): pass --resume to continue that run, "
+                            f"or use a new out_dir (config key out_dir)")
+        return None
+    if last is None:
+        say(f"[train] --resume: nothing to resume in {ckdir} (no complete checkpoint): starting from step 0")
+        return None
+    diff = provenance.changed_keys(checkpoints.meta(last).get("inputs"), wanted)
+    if diff:
+        old = checkpoints.meta(last).get("config", {})
+        keys = sorted(k for k in set(old) | set(to_dict(cfg)) if old.get(k) != to_dict(cfg).get(k)
+                      and k not in ("keep_checkpoints",))
+        raise UserError(f"cannot resume from {last}: it was made from other inputs (changed: {', '.join(diff)}"
+                        f"{'; config keys ' + ', '.join(keys) if keys else ''}); use a new out_dir or delete {ckdir}")
+    return last
+
+
 def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     """Run (or resume) training; returns the output directory."""
-    acc = Accelerator(cpu=True, mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    acc = Accelerator(cpu=True, mixed_precision="bf16" if cfg.precision == "bf16" else "no")  # devices: issue 14
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir)
     ckdir = out / "checkpoints"
@@ -235,6 +224,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     if beh_meta["model_id"] != cfg.model:
         raise UserError(f"config key model is {cfg.model!r} but {cfg.behavior} holds B({beh_meta['model_id']}): "
                         f"the regulariser needs M0's own behaviour")
+    world, rank = acc.num_processes, acc.process_index
+    for key in ("explanation_per_step", "behavior_per_step"):
+        if getattr(cfg, key) % (world * cfg.grad_accum):
+            raise UserError(f"config key {key}={getattr(cfg, key)} must divide by processes x grad_accum = {world * cfg.grad_accum}")
+    wanted = train_inputs(cfg)
+    start_from = resume_point(cfg, ckdir, wanted, resume, say)
     loaded = load_model(cfg.model, seed=cfg.seed, hash_weights=False)
     tok = loaded.tokenizer
     pairs = pairs_from_table(beh, task)
@@ -243,26 +238,25 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     p_m0, p_m0_without = np.array(beh["probs"].tolist()), np.array(beh["probs_without"].tolist())
     gold = np.array([task.choices.index(g) if g in task.choices else -1 for g in beh["gold"]])
     choice_ids = choice_token_ids(tok, task.continuations)
-    data_hashes = {"behavior": stable_hash(beh_meta), "labels": stable_hash([lab_meta, lab["target"].tolist()])}
-    world, rank = acc.num_processes, acc.process_index
-    for key in ("explanation_per_step", "behavior_per_step"):
-        if getattr(cfg, key) % (world * cfg.grad_accum):
-            raise UserError(f"config key {key}={getattr(cfg, key)} must divide by processes x grad_accum = {world * cfg.grad_accum}")
+    changed = lab["changed"].to_numpy()
+    strata = [np.flatnonzero(changed), np.flatnonzero(~changed)] if cfg.balance_explanations else None
+    if strata and not all(len(s) for s in strata):
+        raise UserError(f"config key balance_explanations: {cfg.labels} has no {'changed' if not len(strata[0]) else 'unchanged'} labels")
 
     model = wrap(loaded.model, cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     say(f"[train] {len(expl)} explanation examples, {len(pairs)} behaviour pairs ({task.name}); "
-        f"{cfg.finetune} with {sum(p.numel() for p in params) / 1e6:.2f}M trainable params; {world} process(es)")
+        f"{cfg.finetune} with {sum(p.numel() for p in params) / 1e6:.2f}M trainable params; {world} process(es) on {acc.device}")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_scheduler(cfg.schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
     model, opt = acc.prepare(model, opt)
 
     start = 0
     metrics_path = out / "metrics.jsonl"
-    if resume and (ck := last_checkpoint(ckdir)) is not None:
-        start = load_checkpoint(acc, model, opt, sched, ck, cfg.finetune)
-        say(f"[train] resumed from {ck} (step {start})")
+    if start_from is not None:
+        start = checkpoints.load_into(acc.unwrap_model(model), opt, sched, start_from, cfg.finetune)
+        say(f"[train] resumed from {start_from} (step {start})")
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
@@ -273,10 +267,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     n_probe = min(cfg.probe_pairs, len(pairs))
     kill_at = int(os.environ.get(KILL_ENV, "0"))
     t_start, tokens_seen = time.time(), 0
-    bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, desc="train", disable=not acc.is_main_process)
+    bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, desc="training", unit="step",
+               disable=not acc.is_main_process)
     for step in bar:
         t0 = time.time()
-        e_idx, p_idx = draw(cfg.seed, step, len(pairs), cfg.explanation_per_step, cfg.behavior_per_step)
+        e_idx, p_idx = draw(cfg.seed, step, len(pairs), cfg.explanation_per_step, cfg.behavior_per_step, strata)
         e_idx, p_idx = e_idx[rank::world], p_idx[rank::world]
         totals: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
@@ -305,7 +300,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                                "tokens_per_s": round(tokens_seen * world / (time.time() - t_start), 1)}
         if cfg.probe_every and (step % cfg.probe_every == 0 or step == cfg.steps):
             if acc.is_main_process:
-                row.update(probe(acc.unwrap_model(model), tok, task, pairs[:n_probe], beh.iloc[:n_probe], lab.iloc[:n_probe]))
+                row.update(probe(acc.unwrap_model(model), tok, task, pairs[:n_probe], beh.iloc[:n_probe],
+                                 lab.iloc[:n_probe], cfg.precision, cfg.verify_margin))
                 if row["agreement"] < cfg.agreement_warn:
                     say(f"[train] warning: step {step}: fixed labels agree with current behaviour on {row['agreement']:.0%} "
                         f"of probe pairs, below agreement_warn={cfg.agreement_warn:.0%}: coupling may not hold")
@@ -320,9 +316,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                     + f" | {row['sec_per_step']:.2f}s/step {row['tokens_per_s']:.0f} tok/s"
                     + (f" | drift {row['drift']:.2f} agreement {row['agreement']:.2f}" if "agreement" in row else ""))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            meta = {"step": step, "config": to_dict(cfg), "losses": logged, "data_hashes": data_hashes,
-                    "model_id": cfg.model, "task": beh_meta["task"], "task_options": beh_meta["task_options"]}
-            save_checkpoint(acc, model, opt, sched, ckdir, step, meta)
+            if acc.is_main_process:
+                info = {"step": step, "config": to_dict(cfg), "losses": logged, "inputs": wanted,
+                        "model_id": cfg.model, "task": beh_meta["task"], "task_options": beh_meta["task_options"]}
+                path = checkpoints.save(acc.unwrap_model(model), opt, sched, ckdir, step, info)
+                size = checkpoints.prune(ckdir, cfg.keep_checkpoints)
+                say(f"[train] saved {path} (checkpoints now {size / 1e6:.0f} MB)")
+            acc.wait_for_everyone()
         if kill_at and step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
     say(f"[train] done: {cfg.steps} steps in {time.time() - t_start:.0f}s; checkpoints in {ckdir}, metrics in {metrics_path}")

@@ -1,0 +1,145 @@
+"""Checkpoints on disk: `RUN/train/checkpoints/step_NNNNNN/` with the weights (a LoRA adapter or full weights),
+`meta.json` (step, config, losses, the inputs the run was made from) and, in the newest only by default,
+`trainer_state.pt` (optimiser, scheduler and RNG states, so a resumed run continues bit for bit).
+
+A checkpoint is complete when its meta.json exists: it is written into a `.step_*.tmp` directory that is renamed
+into place, so a killed save never looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from .config import UserError
+
+STATE = "trainer_state.pt"
+
+
+def complete(ckdir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint, oldest first."""
+    return sorted((int(p.name.split("_")[1]), p) for p in Path(ckdir).glob("step_*") if (p / "meta.json").is_file())
+
+
+def last(ckdir: Path) -> Path | None:
+    done = complete(ckdir)
+    return done[-1][1] if done else None
+
+
+def meta(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "meta.json").read_text())
+
+
+def weights_hash(path: Path | None, base_hash: str) -> str:
+    """Content hash of a checkpoint's weights files (or of M0 itself when `path` is None)."""
+    if path is None:
+        return base_hash
+    h = hashlib.blake2b(digest_size=8)
+    for f in sorted(Path(path).glob("*.safetensors")):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save(model: Any, opt: Any, sched: Any, ckdir: Path, step: int, info: dict[str, Any]) -> Path:
+    """Write step `step` atomically (weights, trainer state with RNG, meta.json last)."""
+    final = Path(ckdir) / f"step_{step:06d}"
+    tmp = Path(ckdir) / f".step_{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "rng": rng_state()},
+               tmp / STATE)
+    (tmp / "meta.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    return final
+
+
+def prune(ckdir: Path, keep: int) -> int:
+    """Drop optimiser state from all but the newest checkpoint, and whole checkpoints beyond the newest `keep`
+    (0 keeps all). Returns the bytes the remaining checkpoints take."""
+    done = complete(ckdir)
+    for i, (_, path) in enumerate(done):
+        newest = i == len(done) - 1
+        if keep and i < len(done) - keep:
+            shutil.rmtree(path)
+        elif not newest and (path / STATE).exists():
+            (path / STATE).unlink()
+    return sum(f.stat().st_size for _, p in complete(ckdir) for f in p.iterdir())
+
+
+def load_into(model: Any, opt: Any, sched: Any, path: Path, finetune: str) -> int:
+    """Restore weights, optimiser, scheduler and RNG states from `path`; returns its step."""
+    if finetune == "lora":
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+    else:
+        missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
+        if unexpected or any("lm_head" not in k for k in missing):
+            raise UserError(f"{path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        model.tie_weights()
+    if not (path / STATE).is_file():
+        raise UserError(f"{path} has no {STATE} (only the newest checkpoint keeps it): cannot resume from it")
+    state = torch.load(path / STATE, weights_only=False)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if "rng" in state:
+        set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+@contextmanager
+def applied(base: Any, path: Path | None, finetune: str) -> Iterator[Any]:
+    """M0 (`base.model`) with a checkpoint's weights for the duration of the block; a LoRA adapter is always
+    unloaded afterwards, so `base.model` is M0 again whatever happens inside."""
+    if path is None:
+        yield base.model
+        return
+    if finetune == "lora":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base.model, path).eval()
+        try:
+            yield model
+        finally:
+            base.model = model.unload()
+        return
+    from transformers import AutoModelForCausalLM
+
+    yield AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def clean_tmp(root: Path) -> list[Path]:
+    """Remove what killed writes left under `root` (`.NAME.*.tmp` files, `.step_*.tmp` directories)."""
+    gone = []
+    for p in Path(root).rglob(".*.tmp"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        gone.append(p)
+    return gone

@@ -1,0 +1,67 @@
+"""The one staleness rule: every stage output records the content hashes of all of its inputs, and one helper
+decides "current or re-run" for every stage (behaviour tables, labels, checkpoints, evaluations, baselines).
+
+    wanted = inputs(model=..., task_spec=..., seed=..., precision=...)   # {name: hash of the value}
+    if is_current(out, wanted, "sampling"): return out                    # prints what it decided and why
+    ... compute; write the output with {"inputs": wanted} in its metadata
+
+Where an output keeps its inputs: a Parquet table's introspect metadata, a JSON file's top level, or a checkpoint
+directory's meta.json. All three are read by `stored_inputs`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import stable_hash
+
+INPUTS = "inputs"
+
+
+def inputs(**values: Any) -> dict[str, str]:
+    """{name: content hash} of every input a stage reads (dicts, lists, numbers, strings, hashes)."""
+    return {k: stable_hash(v) for k, v in values.items()}
+
+
+def key_of(values: dict[str, str]) -> str:
+    """One hash for a whole set of inputs: what a downstream stage records as this output's identity."""
+    return stable_hash(values)
+
+
+def stored_inputs(path: Path) -> dict[str, str] | None:
+    """The inputs an existing output was made from, or None when there is no complete output at `path`."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            meta = path / "meta.json"
+            return json.loads(meta.read_text()).get(INPUTS) if meta.is_file() else None
+        if not path.is_file():
+            return None
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            raw = (pq.read_schema(path).metadata or {}).get(b"introspect")
+            return json.loads(raw).get(INPUTS) if raw else None
+        return json.loads(path.read_text()).get(INPUTS)
+    except (OSError, ValueError):  # unreadable or truncated: not current
+        return None
+
+
+def changed_keys(stored: dict[str, str] | None, wanted: dict[str, str]) -> list[str]:
+    """The input names whose hash differs (or that are new or gone); ['(no previous output)'] when none exists."""
+    if stored is None:
+        return ["(no previous output)"]
+    return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+
+
+def is_current(path: Path, wanted: dict[str, str], stage: str, say: Any = print) -> bool:
+    """True when `path` holds an output made from exactly `wanted`; says which inputs changed otherwise."""
+    diff = changed_keys(stored_inputs(path), wanted)
+    if not diff:
+        say(f"[{stage}] {path} is current: skip")
+        return True
+    if diff != ["(no previous output)"]:
+        say(f"[{stage}] {path} is stale (changed: {', '.join(diff)}): re-running")
+    return False

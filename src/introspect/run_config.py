@@ -1,0 +1,107 @@
+"""The run config (`introspect run CONFIG`, `introspect demo`): one YAML, typed, the field comments are the docs.
+
+Settings that several stages share have one key and one default here: `precision` and `verify_margin` are used by
+every behaviour sampling (training pairs, eval pairs, re-sampling of checkpoints), by explanation generation and
+by training; `evaluate.max_new_tokens` / `evaluate.batch_size` by every generation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .behavior import VERIFY_MARGIN
+from .config import UserError, read_yaml
+from .typed import apply_overrides, build
+from .train.config import TrainConfig, validate
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"  # held-out split (MMLU test subjects for Hint-MMLU: never used in training)
+    n: int = 200  # eval pairs
+    checkpoints: list[int] | None = None  # steps to evaluate; null = every checkpoint (M0 = step 0 always)
+    n_boot: int = 1000  # bootstrap resamples for CIs
+    batch_size: int = 16  # explanation generation batch
+    max_new_tokens: int = 40  # explanation generation length (greedy, stops at `>>>.`)
+    baselines: bool = True  # majority, copy-Orig, nearest neighbour, zero-shot, few-shot (k=4)
+
+
+@dataclass
+class Selection:
+    """Which sampled pairs are kept (`introspect screen` reports what each choice leaves)."""
+
+    min_margin: float = 0.0  # keep pairs whose top-1 minus top-2 choice log-prob is >= this on both sides (nats)
+    balance: bool = False  # equal numbers of changed and unchanged pairs (the larger class is subsampled)
+    pool: int = 0  # training pairs sampled before selection (0 = train_n)
+    eval_pool: int = 0  # eval pairs sampled before selection (0 = evaluate.n)
+
+
+@dataclass
+class RunConfig:
+    run_dir: str  # where every stage writes (relative paths are relative to the config file's directory's cwd)
+    model: str = "smollm2-135m-instruct"  # M0, the model trained and evaluated
+    task: str = "hint-mmlu"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    data_root: str | None = None  # default: $INTROSPECT_DATA or ../shared/data
+    train_split: str = "val+dev"
+    train_n: int = 500
+    label_model: str | None = None  # take labels from this model's behaviour (cross-family); null = M0's own
+    label_noise: float = 0.0  # fraction of labels corrupted (labels.add_noise)
+    precision: str = "bf16"  # bf16 | fp32: sampling, re-sampling, generation and training
+    verify_margin: float = VERIFY_MARGIN  # bf16 near-ties closer than this (nats) are re-scored in fp32; 0 = off
+    selection: Selection = field(default_factory=Selection)  # applied to the training pairs and the eval pairs
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys; paths, model, seed, precision filled in
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+    def path(self, *parts: str) -> Path:
+        return Path(self.run_dir).joinpath(*parts)
+
+    def train_config(self, where: str = "config") -> TrainConfig:
+        fixed = {"behavior": str(self.path("train", "behavior.parquet")), "labels": str(self.path("train", "labels.parquet")),
+                 "out_dir": str(self.path("train")), "model": self.model, "seed": self.seed, "precision": self.precision,
+                 "verify_margin": self.verify_margin}
+        clash = sorted(set(fixed) & set(self.train))
+        if clash:
+            raise UserError(f"config key train.{clash[0]} is set by the run (remove it from the train section)")
+        return validate(build(TrainConfig, {**self.train, **fixed}, where, prefix="train."), f"{where}: config key train")
+
+
+def validate_run(cfg: RunConfig, where: str) -> RunConfig:
+    checks = [
+        (cfg.precision in ("bf16", "fp32"), "config key precision must be bf16 or fp32"),
+        (cfg.verify_margin >= 0, "config key verify_margin must be >= 0"),
+        (cfg.train_n > 0, "config key train_n must be > 0"),
+        (cfg.evaluate.n > 0, "config key evaluate.n must be > 0"),
+        (0 <= cfg.label_noise <= 1, "config key label_noise must be in [0, 1]"),
+        (cfg.evaluate.n_boot > 0 and cfg.evaluate.batch_size > 0 and cfg.evaluate.max_new_tokens > 0,
+         "config keys evaluate.n_boot, evaluate.batch_size and evaluate.max_new_tokens must be > 0"),
+        (cfg.selection.min_margin >= 0 and cfg.selection.pool >= 0 and cfg.selection.eval_pool >= 0,
+         "config keys selection.min_margin, selection.pool and selection.eval_pool must be >= 0"),
+        (not (cfg.label_model and (cfg.selection.min_margin or cfg.selection.balance or cfg.selection.pool)),
+         "config key selection cannot be combined with label_model yet (the two models would keep different pairs)"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(f"{where}: {msg}")
+    cfg.train_config(where)  # the train section is checked now, not after sampling
+    return cfg
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """A run config from YAML with `--set a.b.c=VALUE` overrides; every key and type checked before any work."""
+    data = apply_overrides(read_yaml(path, "introspect run CONFIG"), overrides or [])
+    return validate_run(build(RunConfig, data, str(path)), str(path))
+
+
+def config_of_run(run_dir: str | Path) -> RunConfig:
+    """The config a run directory was made with, pointed at `run_dir` itself (so a copied run works in the copy)."""
+    path = Path(run_dir) / "run_config.json"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: RUN_DIR must come from `introspect run CONFIG`")
+    data = json.loads(path.read_text())
+    data["run_dir"] = str(run_dir)
+    return validate_run(build(RunConfig, data, str(path)), str(path))

@@ -1,0 +1,50 @@
+"""Which sampled pairs a run keeps: a minimum confidence margin on both sides, and class balance.
+
+margin = top-1 minus top-2 choice log-prob (nats), the smaller of the two sides of a pair. A pair with a small
+margin is a near-tie: a tiny weight change flips its argmax, so its label cannot stay true under training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .config import UserError
+
+
+def margins(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair, the top-1 minus top-2 log-prob with C and without C."""
+    out = []
+    for col in ("probs", "probs_without"):
+        p = np.log(np.clip(np.array(df[col].tolist(), dtype=np.float64), 1e-30, None))
+        top2 = np.sort(p, axis=1)[:, -2:]
+        out.append(top2[:, 1] - top2[:, 0])
+    return out[0], out[1]
+
+
+def pair_margin(df: pd.DataFrame) -> np.ndarray:
+    a, b = margins(df)
+    return np.minimum(a, b)
+
+
+def select(df: pd.DataFrame, *, n: int, min_margin: float = 0.0, balance: bool = False, seed: int = 0,
+           where: str = "selection") -> pd.DataFrame:
+    """`n` rows with margin >= min_margin on both sides; with `balance`, half changed and half unchanged.
+    Rows keep their sampled order. Too few qualifying rows is a UserError with the counts."""
+    keep = df[pair_margin(df) >= min_margin]
+    rng = np.random.default_rng(seed)
+    if balance:
+        changed, unchanged = keep[keep["changed"]], keep[~keep["changed"]]
+        half = n // 2
+        if len(changed) < n - half or len(unchanged) < half:
+            raise UserError(f"{where}: selection needs {n - half} changed and {half} unchanged pairs with margin >= "
+                            f"{min_margin}; the pool has {len(changed)} and {len(unchanged)} (raise selection.pool, lower "
+                            f"selection.min_margin or n)")
+        idx = np.concatenate([rng.choice(changed.index.to_numpy(), n - half, replace=False),
+                              rng.choice(unchanged.index.to_numpy(), half, replace=False)])
+    else:
+        if len(keep) < n:
+            raise UserError(f"{where}: {len(keep)} of {len(df)} pool pairs have margin >= {min_margin}, fewer than "
+                            f"the {n} asked for (raise selection.pool, lower selection.min_margin or n)")
+        idx = rng.choice(keep.index.to_numpy(), n, replace=False)
+    return df.loc[np.sort(idx)].reset_index(drop=True)
