@@ -99,25 +99,53 @@ def test_five_steps_lower_explanation_loss(tables, tmp_path: Path) -> None:
 
 
 def test_lambda_zero_removes_regulariser_gradient(tiny: Loaded, tables) -> None:
+    """λ = 0: the KL is not computed and the gradient is the explanation loss's alone; λ = 1 on a reference that
+    differs from the model (shifted p_M0): the KL is positive and changes the gradient."""
     beh, a, b, expl, cids = _encoded(tiny, tables)
+    p = np.tile([0.97, 0.01, 0.01, 0.01], (4, 1))  # far from the tiny model's near-uniform answers: KL > 0
+    q = np.array(beh["probs_without"].tolist())[:4]
 
-    def grads(weights: LossWeights, p_shift: float = 0.0) -> list[torch.Tensor]:
+    def run(weights: LossWeights, terms: tuple[str, ...] | None = None) -> tuple[dict, list[torch.Tensor]]:
         tiny.model.zero_grad()
-        p = np.array(beh["probs"].tolist())[:4]
-        q = np.array(beh["probs_without"].tolist())[:4]
         cfg = _cfg(tables, Path("unused"), weights=weights)
-        losses = T.step_losses(tiny.model, cfg=cfg, expl=expl[:4], with_c=a[:4], without_c=b[:4],
-                               p_m0=np.roll(p, 1, axis=1) if p_shift else p, p_m0_without=q, choice_ids=cids,
-                               pad_id=tiny.tokenizer.pad_token_id)
-        sum(getattr(weights, k) * v for k, v in losses.items()).backward()
-        return [x.grad.clone() for x in tiny.model.parameters()]
+        losses = T.step_losses(tiny.model, cfg=cfg, expl=expl[:4], with_c=a[:4], without_c=b[:4], p_m0=p,
+                               p_m0_without=q, choice_ids=cids, pad_id=tiny.tokenizer.pad_token_id, packed=4)
+        sum(getattr(weights, k) * v for k, v in losses.items() if terms is None or k in terms).backward()
+        return losses, [x.grad.clone() for x in tiny.model.parameters()]
 
-    only = grads(LossWeights(explanation=1.0, behavior_kl=0.0))
-    zero = grads(LossWeights(explanation=1.0, behavior_kl=0.0, sycophancy_reduction=0.0), p_shift=1.0)
-    with_kl = grads(LossWeights(explanation=1.0, behavior_kl=1.0), p_shift=1.0)
-    assert all(torch.equal(x, y) for x, y in zip(only, zero))
-    assert any(not torch.allclose(x, y) for x, y in zip(only, with_kl))
+    on, g_on = run(LossWeights(explanation=1.0, behavior_kl=1.0))
+    _, g_expl_only = run(LossWeights(explanation=1.0, behavior_kl=1.0), terms=("explanation",))
+    off, g_off = run(LossWeights(explanation=1.0, behavior_kl=0.0))
+    assert on["behavior_kl"] > 1e-3 and "behavior_kl" not in off  # computed when λ > 0, skipped at λ = 0
+    torch.testing.assert_close(off["explanation"], on["explanation"])
+    assert all(torch.allclose(x, y, atol=1e-7) for x, y in zip(g_off, g_expl_only))  # λ = 0: explanation gradient only
+    assert any(not torch.allclose(x, y, atol=1e-6) for x, y in zip(g_on, g_off))  # λ = 1: the KL moves the gradient
     tiny.model.zero_grad()
+
+
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-4), ("bf16", 2e-3)])
+def test_step0_training_distributions_equal_the_behavior_table(tiny: Loaded, data_dir: Path, precision: str, tol: float) -> None:
+    """At step 0 the model is M0: the choice log-probs the KL sees must be the BehaviorTable's (fp32 head at the
+    answer positions). The final norm is scaled x4 so the logits are large enough for a bf16 head to show: measured
+    max |Δ log p| under bf16 autocast 0.0033 with the old bf16 head (fails), 0.0009 with the fp32 head."""
+    import copy
+
+    model = copy.deepcopy(tiny.model)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(4.0)
+    task = get_task("hint-mmlu")
+    pairs = task.pairs(data_dir, "val", 8, seed=1)
+    df, _ = behavior.sample_behavior(model, tiny.tokenizer, task, pairs, precision=precision, verify_margin=0.0,
+                                     progress=False)  # the run's table is sampled at the run's precision
+    a, b = behavior.encode_pairs(tiny.tokenizer, task, pairs)
+    lab = labels.make_labels(df, task)
+    expl = T.encode_explanations(tiny.tokenizer, lab, 768, "labels")
+    cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+    groups = [[T.explanation_item(expl[i]), (a[i], 0), (b[i], 0)] for i in range(len(pairs))]
+    with torch.no_grad(), behavior.autocast(precision):
+        _, _, logp = T.tree_terms(model, groups, cids, tiny.tokenizer.pad_token_id)
+    table = np.log(np.stack([np.array(df["probs"].tolist()), np.array(df["probs_without"].tolist())], 1).reshape(-1, 4))
+    assert np.abs(logp.numpy() - table).max() <= tol
 
 
 def _run_cli(cfg: TrainConfig, *extra: str, env: dict | None = None, launcher: list[str] | None = None) -> subprocess.CompletedProcess:

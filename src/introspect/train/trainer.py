@@ -208,7 +208,8 @@ def resume_point(cfg: TrainConfig, ckdir: Path, wanted: dict[str, str], resume: 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     """Run (or resume) training; returns the output directory."""
-    acc = Accelerator(cpu=True, mixed_precision="bf16" if cfg.precision == "bf16" else "no")  # devices: issue 14
+    # precision is our own autocast (behavior.autocast), not accelerate's process-wide mixed_precision setting
+    acc = Accelerator(cpu=True)  # devices: issue 14
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir)
     ckdir = out / "checkpoints"
@@ -277,7 +278,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         for micro in range(cfg.grad_accum):
             e_mb, p_mb = e_idx[micro::cfg.grad_accum], p_idx[micro::cfg.grad_accum]
             sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext()
-            with sync, acc.autocast():
+            with sync, behavior.autocast(cfg.precision):
                 losses = step_losses(model, cfg=cfg, expl=[expl[i] for i in e_mb], with_c=[with_c[i] for i in p_mb],
                                      without_c=[without_c[i] for i in p_mb], p_m0=p_m0[p_mb],
                                      p_m0_without=p_m0_without[p_mb], choice_ids=choice_ids, pad_id=tok.pad_token_id,
