@@ -150,7 +150,7 @@ def test_step0_training_distributions_equal_the_behavior_table(tiny: Loaded, dat
 
 def _run_cli(cfg: TrainConfig, *extra: str, env: dict | None = None, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     path = Path(cfg.out_dir).with_suffix(".yaml")
-    path.write_text(yaml.safe_dump({k: v for k, v in vars(cfg).items() if k not in ("lora", "weights")}))
+    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg)))
     cmd = (launcher or [sys.executable]) + ["-m", "introspect.cli", "train", str(path), *extra]
     return subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
 
@@ -201,3 +201,35 @@ def test_two_process_accelerate_matches_one_process(tables, uninterrupted: Path,
     for a, b in zip(ddp, one):
         assert abs(a["explanation"] - b["explanation"]) < 0.05 * abs(b["explanation"])
         assert abs(a["behavior_kl"] - b["behavior_kl"]) < 0.05 * abs(b["behavior_kl"]) + 1e-3
+
+
+def test_dropout_kill_and_resume_is_bit_identical(tables, tmp_path: Path) -> None:
+    """LoRA dropout consumes the RNG: the RNG states in the checkpoint make a resumed run bit-identical."""
+    from introspect.train import LoraSpec
+
+    kw = dict(lora=LoraSpec(rank=4, alpha=8, dropout=0.2), probe_every=0)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert _run_cli(_cfg(tables, full, **kw)).returncode == 0
+    assert _run_cli(_cfg(tables, killed, **kw), env={T.KILL_ENV: "3"}).returncode == -9
+    res = _run_cli(_cfg(tables, killed, **kw), "--resume")
+    assert res.returncode == 0, res.stderr[-2000:]
+    a = load_file(killed / "checkpoints" / "step_000006" / "adapter_model.safetensors")
+    b = load_file(full / "checkpoints" / "step_000006" / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["explanation"] for r in _metrics(killed)] == [r["explanation"] for r in _metrics(full)]
+
+
+def test_resume_checks_inputs_and_says_when_nothing_to_resume(tables, uninterrupted: Path, tmp_path: Path) -> None:
+    changed = _run_cli(_cfg(tables, uninterrupted, lr=1e-2), "--resume")
+    assert changed.returncode == 2 and "cannot resume" in changed.stderr and "config keys lr" in changed.stderr
+    fresh = _run_cli(_cfg(tables, uninterrupted))
+    assert fresh.returncode == 2 and "already holds checkpoints" in fresh.stderr and "--resume" in fresh.stderr
+    nothing = _run_cli(_cfg(tables, tmp_path / "empty", steps=2), "--resume")
+    assert nothing.returncode == 0 and "nothing to resume" in nothing.stdout + nothing.stderr
+
+
+def test_checkpoint_retention(tables, tmp_path: Path) -> None:
+    T.train(_cfg(tables, tmp_path, steps=6, checkpoint_every=2, probe_every=0, keep_checkpoints=2))
+    kept = checkpoints.complete(tmp_path / "checkpoints")
+    assert [s for s, _ in kept] == [4, 6]
+    assert [(p / checkpoints.STATE).exists() for _, p in kept] == [False, True]  # optimiser state: newest only

@@ -50,6 +50,7 @@ def stage_sample(*, model_name: str, task_name: str, task_options: dict[str, Any
                            verify_margin=verify_margin, select=select if select and (select.min_margin or select.balance or pool > n) else None)
     if provenance.is_current(out, wanted, stage):
         return out
+    writable(out)
     loaded = loaded or load_model(model_name, seed=seed)
     print(f"[{stage}] B({model_name}) on {len(pairs)} {task.name} pairs ({split}, {precision}) -> {out}")
     df, stats = behavior.sample_behavior(loaded.model, loaded.tokenizer, task, pairs, precision=precision,
@@ -67,6 +68,17 @@ def stage_sample(*, model_name: str, task_name: str, task_options: dict[str, Any
     print(f"[{stage}] wrote {len(df)} pairs -> {out}")
     print(behavior.format_summary(behavior.summarize(df, task.choices), task.feature_name))
     return out
+
+
+def writable(out: Path) -> None:
+    """Fail before any work when `out` cannot be written (not after an hour of sampling)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.probe.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write {out} ({e.strerror}): choose another output path (flag --out / config key run_dir)") from None
 
 
 def stage_label(*, source: Path, out: Path, noise: float, noise_seed: int) -> Path:
