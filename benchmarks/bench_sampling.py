@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from introspect.behavior import VERIFY_MARGIN, _left_pad, autocast, choice_token_ids, encode_pairs, score_pairs
+from introspect.behavior import VERIFY_MARGIN, left_pad, autocast, choice_token_ids, encode_pairs, score_pairs
 from introspect.config import data_root, seed_everything, set_threads, write_jsonl
 from introspect.models import load_model, render_prompt
 from introspect.tasks import get_task
@@ -55,7 +55,7 @@ def roofline(model: Any, prompts: list[list[int]], pad_id: int, batch_size: int)
     order = np.argsort([len(p) for p in prompts])
     with autocast("bf16"):
         for i in range(0, len(order), batch_size):
-            ids, mask = _left_pad([prompts[j] for j in order[i:i + batch_size]], pad_id)
+            ids, mask = left_pad([prompts[j] for j in order[i:i + batch_size]], pad_id)
             model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
 
 

@@ -30,7 +30,7 @@ def main() -> None:
     pairs = task.pairs(data_root(), "val", args.n, 0)
     a, b = encode_pairs(loaded.tokenizer, task, pairs)
     cids = choice_token_ids(loaded.tokenizer, task.continuations)
-    kw = dict(pad_id=loaded.tokenizer.pad_token_id)
+    kw = dict(pad_id=loaded.tokenizer.pad_token_id, verify_margin=0.0)  # the raw bf16 scores are what is studied
     r16 = score_pairs(loaded.model, a, b, cids, precision="bf16", **kw)
     r32 = score_pairs(loaded.model, a, b, cids, precision="fp32", **kw)
     l16 = np.concatenate([r16["logp"], r16["logp_without"]])

@@ -12,7 +12,8 @@ import json
 
 import numpy as np
 
-from introspect.behavior import read_table, summarize
+from introspect.behavior import summarize
+from introspect.tables import read_table
 from introspect.config import UserError
 
 

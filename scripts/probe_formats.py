@@ -45,7 +45,7 @@ def main() -> None:
         df, _ = sample_behavior(loaded.model, loaded.tokenizer, task, pairs, precision="fp32", progress=False)
         a, b = encode_pairs(loaded.tokenizer, task, pairs)
         bf = score_pairs(loaded.model, a, b, choice_token_ids(loaded.tokenizer, task.continuations),
-                         pad_id=loaded.tokenizer.pad_token_id, precision="bf16")
+                         pad_id=loaded.tokenizer.pad_token_id, precision="bf16", verify_margin=0.0)
         letters = np.array(task.choices)
         agree = np.mean(np.concatenate([letters[bf["logp"].argmax(1)] == df["answer"].to_numpy(),
                                         letters[bf["logp_without"].argmax(1)] == df["answer_without"].to_numpy()]))

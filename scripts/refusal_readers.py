@@ -33,7 +33,7 @@ def main() -> None:
     loaded = load_model(args.model, hash_weights=False)
     pairs = get_task("refusal").pairs(data_root(), "all", args.n, args.seed)
     texts = generate(loaded.model, loaded.tokenizer, [p.messages for p in pairs] + [p.messages_without for p in pairs],
-                     max_new_tokens=args.max_new_tokens, progress=True)
+                     precision="bf16", max_new_tokens=args.max_new_tokens, progress=True)
     gen = np.array([refusal_phrase(t) for t in texts])
     harmful = np.array([p.meta["harmful"] for p in pairs] * 2)
     tables, examples = {}, {}

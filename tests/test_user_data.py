@@ -116,3 +116,25 @@ def test_screen_on_the_tiny_model(data_dir: Path, tmp_path: Path, capsys: pytest
     assert rep["n"] == 8 and rep["keep_rate"] == 1.0 and rep["testable"] is False  # 9 val rows can never give 200
     assert (out / "screen.png").read_bytes()[:4] == b"\x89PNG"
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("untestable")
+
+
+def test_selection_by_margin_and_balance() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from introspect.selection import pair_margin, select
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        sharp = i % 2 == 0  # even rows: confident on both sides
+        p = [0.9, 0.05, 0.03, 0.02] if sharp else [0.3, 0.28, 0.22, 0.2]
+        rows.append({"pair_id": f"p{i}", "probs": p, "probs_without": list(rng.permutation(p)), "changed": i % 4 == 0})
+    df = pd.DataFrame(rows)
+    kept = select(df, n=10, min_margin=1.0, balance=True, seed=0)
+    assert len(kept) == 10 and kept["changed"].sum() == 5 and (pair_margin(kept) >= 1.0).all()
+    assert list(kept["pair_id"]) == sorted(kept["pair_id"], key=lambda s: int(s[1:]))  # sampled order kept
+    with pytest.raises(UserError, match="needs 6 changed and 5 unchanged .* the pool has 10 and 10"):
+        select(df, n=11, min_margin=1.0, balance=True)
+    with pytest.raises(UserError, match="20 of 40 pool pairs have margin >= 1.0"):
+        select(df, n=21, min_margin=1.0)

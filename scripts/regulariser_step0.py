@@ -1,0 +1,73 @@
+"""Step-0 regulariser check on SmolLM2 (docs/training.md): at step 0 the LoRA model *is* M0, so the KL the trainer
+computes against M0's BehaviorTable should be ~0 and the argmax should agree with the table.
+
+    python scripts/regulariser_step0.py --n 48
+
+Samples a BehaviorTable as a bf16 run does (bf16 body, fp32 head, near-tie re-check), then computes the training
+step's choice log-probs for the same pairs (explanation, x and x∖C packed as one tree, bf16 autocast, frozen
+decoder weights in bf16) two ways: with the fp32 head at the answer positions (the trainer now) and with the bf16
+head of the model's own forward (the trainer before). Prints KL(table ‖ train) and argmax agreement for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from introspect import behavior, labels, tree
+from introspect.config import data_root, seed_everything
+from introspect.models import load_model
+from introspect.tasks import get_task
+from introspect.train import TrainConfig
+from introspect.train import trainer as T
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--format", default="paren")
+    ap.add_argument("--verify-margin", type=float, default=0.015, help="the table's fp32 near-tie re-check (run default)")
+    ap.add_argument("--out", default="docs/regulariser_step0.json")
+    args = ap.parse_args()
+    seed_everything(0)
+    loaded = load_model("smollm2-135m-instruct", hash_weights=False)
+    tok, task = loaded.tokenizer, get_task("hint-mmlu", format=args.format)
+    pairs = task.pairs(data_root(), "val", args.n, 0)
+    df, _ = behavior.sample_behavior(loaded.model, tok, task, pairs, precision="bf16",
+                                     verify_margin=args.verify_margin, progress=False)
+    table = np.stack([np.array(df["probs"].tolist()), np.array(df["probs_without"].tolist())], 1).reshape(-1, 4)
+    expl = T.encode_explanations(tok, labels.make_labels(df, task), 2048, "step0")
+    a, b = behavior.encode_pairs(tok, task, pairs)
+    cids = behavior.choice_token_ids(tok, task.continuations)
+    model = T.wrap(loaded.model, TrainConfig(behavior="-", labels="-", out_dir="-"))  # LoRA B = 0: the model is M0
+    out = {"n_pairs": args.n, "format": args.format, "verify_margin": args.verify_margin,
+           "table_margin_median": float(np.median(np.diff(np.sort(np.log(table), axis=1)[:, -2:], axis=1)))}
+    fp32_rows, bf16_rows = [], []
+    with torch.no_grad(), behavior.autocast("bf16"):
+        for i in range(0, args.n, 2):
+            groups = [[T.explanation_item(expl[j]), (a[j], 0), (b[j], 0)] for j in range(i, min(i + 2, args.n))]
+            fp32_rows.append(T.tree_terms(model, groups, cids, tok.pad_token_id)[2].float().numpy())
+            batch = tree.pack([[s for s, _ in g] for g in groups], tok.pad_token_id)
+            cols = [[p[-1] for (s, n), p in zip(g, ps) if not n] for g, ps in zip(groups, batch.paths)]
+            logits, _ = tree.forward(model, batch, cols)  # the model's own (bf16) head: the old trainer
+            bf16_rows.append(torch.log_softmax(behavior.group_logits(torch.cat(logits).float(), cids), -1).numpy())
+    for name, rows in (("fp32_head", fp32_rows), ("bf16_head", bf16_rows)):
+        logp = np.concatenate(rows)
+        kl = float(np.mean(np.sum(table * (np.log(np.clip(table, 1e-12, None)) - logp), axis=1)))
+        agree = float(np.mean(logp.argmax(1) == table.argmax(1)))
+        top2 = np.sort(np.log(table), axis=1)[:, -2:]
+        out[name + "_disagreeing_margins"] = [round(float(m), 4) for m in (top2[:, 1] - top2[:, 0])[logp.argmax(1) != table.argmax(1)]]
+        out[name] = {"kl_table_to_train": kl, "argmax_agreement": agree,
+                     "max_abs_dlogp": float(np.abs(logp - np.log(np.clip(table, 1e-12, None))).max())}
+        print(f"{name}: KL(table ‖ train) {kl:.2e}, argmax agreement {agree:.1%} over {2 * args.n} prompts, "
+              f"max |Δ log p| {out[name]['max_abs_dlogp']:.4f}")
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
