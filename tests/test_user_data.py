@@ -134,7 +134,7 @@ def test_selection_by_margin_and_balance() -> None:
     kept = select(df, n=10, min_margin=1.0, balance=True, seed=0)
     assert len(kept) == 10 and kept["changed"].sum() == 5 and (pair_margin(kept) >= 1.0).all()
     assert list(kept["pair_id"]) == sorted(kept["pair_id"], key=lambda s: int(s[1:]))  # sampled order kept
-    with pytest.raises(UserError, match="needs 6 changed and 5 unchanged .* the pool has 10 and 10"):
-        select(df, n=11, min_margin=1.0, balance=True)
+    with pytest.raises(UserError, match="needs 11 changed and 11 unchanged .* the pool has 10 and 10"):
+        select(df, n=22, min_margin=1.0, balance=True)
     with pytest.raises(UserError, match="20 of 40 pool pairs have margin >= 1.0"):
         select(df, n=21, min_margin=1.0)
