@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench gemma clean
+.PHONY: setup demo test test-quick bench gemma claim-hint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration"
+
+# The pre-registered reg vs no-reg experiment (docs/claims.md): lambda selection, then every arm, then the table.
+claim-hint: $(STAMP)
+	$(BIN)/python scripts/claims.py lambda
+	$(BIN)/python scripts/claims.py arms
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'

@@ -46,9 +46,10 @@ def _save(path: Path, result: dict[str, Any], per_item: Any) -> None:
 def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     ev = cfg.evaluate
+    seed = cfg.seed if ev.seed is None else ev.seed  # eval pairs and bootstrap
     root = data_root(cfg.data_root)
     base = load_model(cfg.model, seed=cfg.seed)
-    common = dict(task_name=cfg.task, task_options=cfg.task_options, root=root, split=ev.split, n=ev.n, seed=cfg.seed,
+    common = dict(task_name=cfg.task, task_options=cfg.task_options, root=root, split=ev.split, n=ev.n, seed=seed,
                   precision=cfg.precision, verify_margin=cfg.verify_margin)
     m0_path = stage_sample(model_name=cfg.model, out=cfg.path("eval", "m0_behavior.parquet"), loaded=base,
                            select=cfg.selection, pool=cfg.selection.eval_pool, stage="evaluate: sample M0", **common)
@@ -72,14 +73,14 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
     for step, path in checkpoints_to_eval(cfg):
         out = cfg.path("eval", f"step_{step:06d}", "result.json")
         wanted = provenance.inputs(checkpoint=weights_hash(path, base.weights_hash), eval_set=set_hash,
-                                   precision=cfg.precision, verify_margin=cfg.verify_margin, seed=cfg.seed,
+                                   precision=cfg.precision, verify_margin=cfg.verify_margin, seed=seed,
                                    max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, n_boot=ev.n_boot)
         if provenance.is_current(out, wanted, f"evaluate step {step}"):
             res = json.loads(out.read_text())
         else:
             print(f"[evaluate] step {step}: {path or 'M0'}")
             with applied(base, path, finetune) as model:
-                res, items = evaluate_one(model, base.tokenizer, task, pairs, m0_beh, seed=cfg.seed, n_boot=ev.n_boot,
+                res, items = evaluate_one(model, base.tokenizer, task, pairs, m0_beh, seed=seed, n_boot=ev.n_boot,
                                           precision=cfg.precision, verify_margin=cfg.verify_margin,
                                           batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
                                           beh=None if path else m0_beh,  # M0's behaviour on these pairs is known

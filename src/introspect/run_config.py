@@ -27,6 +27,7 @@ class EvalConfig:
     batch_size: int = 16  # explanation generation batch
     max_new_tokens: int = 40  # explanation generation length (greedy, stops at `>>>.`)
     baselines: bool = True  # majority, copy-Orig, nearest neighbour, zero-shot, few-shot (k=4)
+    seed: int | None = None  # eval pairs and bootstrap; null = the run's seed (fix it to share one eval set across arms)
 
 
 @dataclass

@@ -1,0 +1,186 @@
+"""The pre-registered reg vs no-reg experiment of docs/claims.md: run its arms and apply its decision rule.
+
+    python scripts/claims.py lambda   # lambda selection on the validation split (configs/claims/lambda_val_*.yaml)
+    python scripts/claims.py arms     # every arm (configs/claims/hint_expert_lam*_s*.yaml), then the table
+    python scripts/claims.py table    # the table and verdict from the finished arms -> docs/claims_results.{md,json}
+
+Arms are plain `introspect run` configs, so each re-runs only what changed and resumes after a kill. The decision
+rule below is the one written in docs/claims.md before any arm ran; this script only applies it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from introspect import metrics
+from introspect.run_config import load_run_config
+from introspect.tables import read_table
+from introspect.validity import Verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "claims"
+LAMBDAS = ("0.3", "1", "3")
+MIN_VAL_AGREEMENT = 0.80  # lambda* = the smallest lambda whose validation agreement is at least this
+REFUTE_BELOW = 0.02  # refuted: the pooled Self − Orig CI excludes every effect of +0.02 or more
+N_BOOT = 2000
+
+
+def run(config: Path) -> None:
+    print(f"=== introspect run {config.relative_to(ROOT)}", flush=True)
+    subprocess.run([sys.executable, "-m", "introspect.cli", "run", str(config)], check=True, cwd=ROOT)
+
+
+def results(config: Path) -> dict:
+    cfg = load_run_config(config)
+    return json.loads((ROOT / cfg.run_dir / "eval" / "results.json").read_text())
+
+
+def choose_lambda() -> None:
+    rows = {}
+    for lam in LAMBDAS:
+        config = CONFIGS / f"lambda_val_{lam}.yaml"
+        run(config)
+        last = max(results(config)["checkpoints"].values(), key=lambda r: r["step"])
+        rows[lam] = {"agreement": last["agreement"], "drift": last["drift"], "n": last["n"]}
+    ok = [lam for lam in LAMBDAS if rows[lam]["agreement"] >= MIN_VAL_AGREEMENT]
+    chosen = ok[0] if ok else LAMBDAS[-1]
+    out = {"rule": f"smallest lambda in {list(LAMBDAS)} with dev agreement >= {MIN_VAL_AGREEMENT}, else the largest",
+           "runs": rows, "lambda_star": chosen}
+    (ROOT / "docs" / "claims_lambda.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+def arm_items(config: Path, step: int) -> tuple[metrics.Items, metrics.Items, np.ndarray]:
+    cfg = load_run_config(config)
+    items, _ = read_table(ROOT / cfg.run_dir / "eval" / f"step_{step:06d}" / "items.parquet")
+    choices = cfg_choices(items)
+    texts = items["text"].tolist()
+    self_it = metrics.items(texts, items["self_changed"], items["self_letter"], choices)
+    orig_it = metrics.items(texts, items["orig_changed"], items["orig_letter"], choices)
+    return self_it, orig_it, items["label_differs"].to_numpy()
+
+
+def cfg_choices(items) -> list[str]:
+    return sorted(set(items["orig_letter"]) | set(items["self_letter"]))
+
+
+def pooled(arms: list[tuple[metrics.Items, metrics.Items, np.ndarray]], metric: str, differing: bool = False,
+           seed: int = 0) -> dict:
+    """Mean over seeds of Self − Orig (metric), 95% CI from one item resample shared by all seeds (same eval set);
+    on differing items, the per-seed differing items pooled and resampled."""
+    rng = np.random.default_rng(seed)
+
+    def value(idx_per_arm: list[np.ndarray]) -> float:
+        return float(np.mean([metrics.point(s, i)[metric] - metrics.point(o, i)[metric]
+                              for (s, o, _), i in zip(arms, idx_per_arm)]))
+
+    if differing:
+        sets = [np.flatnonzero(d) for _, _, d in arms]
+        point = value(sets)
+        boots = [value([rng.choice(s, len(s)) for s in sets]) for _ in range(N_BOOT)]
+        n = int(sum(len(s) for s in sets))
+    else:
+        n = len(arms[0][2])
+        point = value([np.arange(n)] * len(arms))
+        boots = []
+        for _ in range(N_BOOT):
+            idx = rng.integers(0, n, n)
+            boots.append(value([idx] * len(arms)))
+    boots = np.array([b for b in boots if not np.isnan(b)])
+    return {"value": point, "ci": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))], "n": n}
+
+
+def contrast(reg, noreg, seed: int = 0) -> dict:
+    """(pooled Self − Orig EM at lambda > 0) − (the same at lambda = 0), one shared item resample."""
+    rng = np.random.default_rng(seed)
+    n = len(reg[0][2])
+
+    def value(idx: np.ndarray) -> float:
+        d = lambda arms: np.mean([metrics.point(s, idx)["exact_match"] - metrics.point(o, idx)["exact_match"] for s, o, _ in arms])  # noqa: E731
+        return float(d(reg) - d(noreg))
+
+    boots = np.array([value(rng.integers(0, n, n)) for _ in range(N_BOOT)])
+    return {"value": value(np.arange(n)), "ci": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}
+
+
+def table() -> None:
+    lam_star = json.loads((ROOT / "docs" / "claims_lambda.json").read_text())["lambda_star"] if (ROOT / "docs" / "claims_lambda.json").is_file() else "1"
+    lines = ["| arm | step | Self EM | Orig EM | Self − Orig EM [95% CI] | on differing items (n) | HC-F1 Self − Orig | agreement | validity |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    out: dict = {"lambda_star": lam_star, "arms": {}}
+    groups: dict[str, list] = {"reg": [], "noreg": []}
+    valid_reg = True
+    for config in sorted(CONFIGS.glob("hint_expert_lam*_s*.yaml")):
+        res = results(config)
+        for key in sorted(res["checkpoints"], key=int)[1:]:
+            r = res["checkpoints"][key]
+            v = Verdict(**r["verdict"])
+            d, dd = r["self_minus_orig"]["exact_match"], r.get("self_minus_orig_on_differing", {}).get("exact_match")
+            hc = r["self_minus_orig"]["has_changed_f1"]
+            lines.append(f"| {config.stem} | {key} | {r['self']['exact_match']['value']:.3f} | {r['orig']['exact_match']['value']:.3f} | "
+                         f"{d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | "
+                         + (f"{dd['value']:+.3f} [{dd['ci'][0]:+.3f}, {dd['ci'][1]:+.3f}] ({r['n_label_differs']})" if dd else "n/a (0)")
+                         + f" | {hc['value']:+.3f} [{hc['ci'][0]:+.3f}, {hc['ci'][1]:+.3f}] | {r['agreement']:.2f} | {v.line()} |")
+            out["arms"][f"{config.stem}@{key}"] = {"verdict": r["verdict"], "self_minus_orig": r["self_minus_orig"]}
+        last = max(int(k) for k in res["checkpoints"])
+        lam_zero = "_lam0_" in config.stem
+        groups["noreg" if lam_zero else "reg"].append(arm_items(config, last))
+        if not lam_zero and not res["checkpoints"][str(last)]["verdict"]["valid"]:
+            valid_reg = False
+    summary = {}
+    for name, arms in groups.items():
+        if arms:
+            summary[name] = {m: pooled(arms, m) for m in ("exact_match", "has_changed_f1")}
+            summary[name]["exact_match_on_differing"] = pooled(arms, "exact_match", differing=True)
+    if groups["reg"] and groups["noreg"]:
+        summary["contrast_reg_minus_noreg"] = contrast(groups["reg"], groups["noreg"])
+    reg = summary.get("reg", {}).get("exact_match")
+    if not valid_reg:
+        decision = "not a valid test: the lambda > 0 arm failed a validity condition (see the table); no verdict on the claim"
+    elif reg and reg["ci"][0] > 0 and summary.get("contrast_reg_minus_noreg", {}).get("ci", [0])[0] > 0:
+        decision = "supported"
+    elif reg and reg["ci"][1] < REFUTE_BELOW:
+        decision = "refuted"
+    else:
+        decision = "inconclusive"
+    out.update(pooled=summary, decision=decision)
+    md = ["# Claims experiment: results (written by `python scripts/claims.py table`)", "", *lines, "",
+          "Pooled over seeds (last checkpoint; mean of per-seed Self − Orig, 95% paired-bootstrap CI over items):", ""]
+    for name, s in summary.items():
+        md.append(f"- {name}: " + json.dumps(s))
+    md += ["", f"**Decision by the pre-registered rule: {decision}**", ""]
+    (ROOT / "docs" / "claims_results.md").write_text("\n".join(md))
+    (ROOT / "docs" / "claims_results.json").write_text(json.dumps(out, indent=2))
+    print("\n".join(md))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["lambda", "arms", "table"])
+    args = ap.parse_args()
+    if args.what == "lambda":
+        choose_lambda()
+    elif args.what == "arms":
+        chosen = ROOT / "docs" / "claims_lambda.json"
+        if not chosen.is_file():
+            sys.exit("run `python scripts/claims.py lambda` first: the lambda > 0 arms use lambda* from the validation split")
+        lam_star = float(json.loads(chosen.read_text())["lambda_star"])
+        for config in sorted(CONFIGS.glob("hint_expert_lam1_s*.yaml")):
+            if load_run_config(config).train["weights"]["behavior_kl"] != lam_star:
+                sys.exit(f"{config}: train.weights.behavior_kl must be lambda* = {lam_star} (docs/claims_lambda.json); "
+                         f"set it in the config and commit before running the arms")
+        for config in sorted(CONFIGS.glob("hint_expert_lam*_s*.yaml")):
+            run(config)
+        table()
+    else:
+        table()
+
+
+if __name__ == "__main__":
+    main()
