@@ -1,14 +1,15 @@
-"""Training examples/s, old vs new side by side in one run: SmolLM2-135M + LoRA (rank 96), bf16 autocast, the
-default step (each pair's explanation, x and x∖C as one prefix tree; explanation CE + KL to the cached p_M0).
+"""Training step cost, side by side in one run: SmolLM2-135M + LoRA (rank 96), bf16 autocast, Hint-MMLU pairs.
 
     python benchmarks/bench_train.py --steps 8
 
-  old_fp32_frozen   the frozen base in fp32: autocast casts every decoder weight to bf16 at every call (and again
-                    in backward); it caches casts only of weights that require grad
-  new_bf16_frozen   `frozen_bf16: true` (the default): the frozen decoder Linear weights stored in bf16 once
-Both get the same batches (the variants take turns step by step after one warm-up round, so machine drift hits
-them alike). Reports ms/step (median), examples/s, the ratio new/old, and the largest loss difference on the
-same batch (must be within 1e-3; it is 0 when autocast's rounding is exactly what was stored).
+  explanation_only         explanation CE on E examples (one row each, no padding inside a row)
+  expl+kl_cached_packed    + KL(p_M0 ‖ p_θ) on the same E pairs (x, x∖C), p_M0 read from the BehaviorTable, each
+                           pair's explanation/x/x∖C run as one prefix-tree row (tree.py; our default)
+  expl+kl_cached_plain     the same losses, every sequence in its own row (pack: false)
+  expl+kl_live_reference   p_M0 computed live instead of read: a reference forward (adapter disabled, no grad) on
+                           the step's x and x∖C, then the same packed policy step
+Reports ms/step (median over --steps; the variants take turns step by step after one warm-up round), tokens/s
+(tokens of the sequences as if run alone), ratios to explanation-only, and the peak RSS after each warm-up.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import argparse
 import resource
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from introspect import behavior, labels
 from introspect.config import data_root, seed_everything, set_threads, write_jsonl
 from introspect.models import load_model
 from introspect.tasks import get_task
-from introspect.train import LoraSpec, TrainConfig
+from introspect.train import LoraSpec, LossWeights, TrainConfig
 from introspect.train import trainer as T
 
 
@@ -55,58 +56,78 @@ def main() -> None:
     expl = T.encode_explanations(tok, lab, 2048, "bench")
     p_m0, p_m0_without = np.array(beh["probs"].tolist()), np.array(beh["probs_without"].tolist())
     cids = behavior.choice_token_ids(tok, task.continuations)
-    import copy
-
-    def make(frozen_bf16: bool) -> Any:
-        cfg = TrainConfig(behavior="-", labels="-", out_dir="-", lora=LoraSpec(rank=args.rank, alpha=2 * args.rank),
-                          frozen_bf16=frozen_bf16)
-        torch.manual_seed(0)
-        model = T.wrap(copy.deepcopy(loaded.model), cfg)
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        return model, torch.optim.AdamW(params, lr=1e-5), cfg
-
-    variants = {"old_fp32_frozen": make(False), "new_bf16_frozen": make(True)}
+    cfg = TrainConfig(behavior="-", labels="-", out_dir="-", lora=LoraSpec(rank=args.rank, alpha=2 * args.rank))
+    model = T.wrap(loaded.model, cfg)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
     pad = tok.pad_token_id
     k = args.per_step
-    n_params = sum(p.numel() for p in variants["new_bf16_frozen"][0].parameters() if p.requires_grad)
-    print(f"{args.model} + LoRA r{args.rank} ({n_params / 1e6:.1f}M trainable), {k} examples/step, {threads} threads, "
-          f"bf16 autocast")
+    print(f"{args.model} + LoRA r{args.rank} ({sum(p.numel() for p in params) / 1e6:.1f}M trainable), {k} examples/step, "
+          f"{threads} threads, bf16 autocast")
 
-    def one_step(name: str, step: int) -> tuple[float, dict[str, float]]:
-        model, opt, cfg = variants[name]
+    def reference_probs(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """p_M0 computed live: the base model (adapter disabled), no gradient, on x and x∖C of the step's pairs."""
+        with torch.no_grad(), model.disable_adapter():
+            _, _, logp = T.tree_terms(model, [[(with_c[i], 0), (without_c[i], 0)] for i in idx], cids, pad)
+        p = logp.exp().float().numpy()
+        return p[0::2], p[1::2]
+
+    def live_reference(idx: np.ndarray) -> dict[str, torch.Tensor]:
+        p, q = reference_probs(idx)
+        c = TrainConfig(behavior="-", labels="-", out_dir="-", weights=LossWeights(explanation=1.0, behavior_kl=1.0))
+        return T.step_losses(model, cfg=c, expl=[expl[i] for i in idx], with_c=[with_c[i] for i in idx],
+                             without_c=[without_c[i] for i in idx], p_m0=p, p_m0_without=q, choice_ids=cids,
+                             pad_id=pad, packed=len(idx))
+
+    def cached(packed: bool, kl: bool) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
+        c = TrainConfig(behavior="-", labels="-", out_dir="-", weights=LossWeights(explanation=1.0, behavior_kl=float(kl)),
+                        pack=packed)
+        return lambda idx: T.step_losses(model, cfg=c, expl=[expl[i] for i in idx], with_c=[with_c[i] for i in idx],
+                                         without_c=[without_c[i] for i in idx], p_m0=p_m0[idx],
+                                         p_m0_without=p_m0_without[idx], choice_ids=cids, pad_id=pad,
+                                         packed=len(idx) if packed else 0)
+
+    variants: dict[str, tuple[Callable[[np.ndarray], dict[str, torch.Tensor]], bool]] = {
+        "explanation_only": (cached(False, False), False),
+        "expl+kl_cached_packed": (cached(True, True), True),
+        "expl+kl_live_reference": (live_reference, True),
+        "expl+kl_cached_plain": (cached(False, True), True),
+    }
+    def one_step(fn: Callable[[np.ndarray], dict[str, torch.Tensor]], step: int) -> float:
         idx = np.random.default_rng([1, step]).choice(len(pairs), k, replace=False)
         t0 = time.perf_counter()
-        with behavior.autocast("bf16"):
-            losses = T.step_losses(model, cfg=cfg, expl=[expl[i] for i in idx], with_c=[with_c[i] for i in idx],
-                                   without_c=[without_c[i] for i in idx], p_m0=p_m0[idx], p_m0_without=p_m0_without[idx],
-                                   choice_ids=cids, pad_id=pad, packed=len(idx))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = fn(idx)
             sum(losses.values()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0, {n: float(v) for n, v in losses.items()}
+        return time.perf_counter() - t0
 
-    for name in variants:  # warm-up round
-        one_step(name, 0)
+    # Warm-up round, one step per variant in this order; the peak RSS after each is that of the variants so far
+    # (the process peak only grows), so "explanation_only" and "expl+kl_cached_packed" give the default's peak.
+    rss: dict[str, float] = {}
+    for name, (fn, _) in variants.items():
+        one_step(fn, 0)
+        rss[name] = round(peak_rss_gb(), 2)
+    # Timed rounds interleave the variants step by step, so machine drift hits them alike.
     times: dict[str, list[float]] = {name: [] for name in variants}
-    losses: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for step in range(1, args.steps + 1):
-        for name in variants:
-            t, lo = one_step(name, step)
-            times[name].append(t)
-            losses[name].append(lo)
+        for name, (fn, _) in variants.items():
+            times[name].append(one_step(fn, step))
     results: dict[str, Any] = {}
-    for name in variants:
+    for name, (_, uses_behaviour) in variants.items():
+        tokens = k * (np.mean([len(e[0]) for e in expl]) + (np.mean([len(x) + len(y) for x, y in zip(with_c, without_c)]) if uses_behaviour else 0))
         ms = statistics.median(times[name]) * 1000
         results[name] = {"ms_per_step": round(ms, 1), "ms_all_steps": [round(t * 1000) for t in times[name]],
-                         "examples_per_s": round(k / (ms / 1000), 3)}
-        print(f"{name:<18} {ms:8.0f} ms/step  {k / (ms / 1000):6.3f} examples/s", flush=True)
-    ratio = results["new_bf16_frozen"]["examples_per_s"] / results["old_fp32_frozen"]["examples_per_s"]
-    diff = max(abs(a[n] - b[n]) for a, b in zip(losses["old_fp32_frozen"], losses["new_bf16_frozen"]) for n in a)
-    print(f"examples/s new / old: {ratio:.2f}x; largest loss difference on the same batch: {diff:.2e}")
+                         "tokens_per_s": round(tokens / (ms / 1000), 1), "peak_rss_gb_after_warmup": rss[name]}
+        print(f"{name:<24} {ms:8.0f} ms/step  {tokens / (ms / 1000):7.0f} tok/s  peak RSS so far {rss[name]:.2f} GB", flush=True)
+    base = results["explanation_only"]["ms_per_step"]
+    for r in results.values():
+        r["ratio_vs_explanation_only"] = round(r["ms_per_step"] / base, 3)
+    print("ratios vs explanation_only: " + ", ".join(f"{n} {r['ratio_vs_explanation_only']}x" for n, r in results.items()))
     summary = {"model": args.model, "lora_rank": args.rank, "per_step": k, "steps_timed": args.steps, "threads": threads,
-               "ratio_new_over_old": round(ratio, 3), "max_loss_diff": diff, "peak_rss_gb": round(peak_rss_gb(), 2),
-               **results}
+               "peak_rss_gb": round(peak_rss_gb(), 2), **results}
     write_jsonl(args.out, [summary])
     print(f"peak RSS {peak_rss_gb():.2f} GB; wrote {args.out}")
 

@@ -52,7 +52,6 @@ class TrainConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     precision: str = "bf16"  # bf16 (CPU autocast) | fp32; the answer-position head is fp32 either way
     verify_margin: float = VERIFY_MARGIN  # probe re-sampling: bf16 near-ties closer than this are re-scored in fp32
-    frozen_bf16: bool = True  # LoRA + bf16: store the frozen decoder Linear weights in bf16 (same losses, faster)
     balance_explanations: bool = False  # draw each step's explanation examples half changed, half unchanged
     checkpoint_every: int = 50  # steps; the last step is always saved
     keep_checkpoints: int = 0  # keep the newest N checkpoints' weights (0 = all); optimiser state only in the newest

@@ -176,20 +176,9 @@ def train_inputs(cfg: TrainConfig) -> dict[str, str]:
 
 
 def wrap(model: Any, cfg: TrainConfig) -> Any:
-    """LoRA adapters on `model` (or the model itself for full fine-tuning).
-
-    With LoRA under bf16, the frozen decoder Linear weights are stored in bf16 once (`frozen_bf16`): autocast
-    would round them to bf16 at every call anyway (it caches casts only of weights that require grad), so the losses
-    are bit-identical and the per-call casts, a third of a CPU step, are gone (benchmarks/bench_train.py). The
-    embeddings, and with them the tied fp32 answer head, stay fp32."""
     if cfg.finetune == "full":
         return model
     from peft import LoraConfig, get_peft_model
-
-    if cfg.frozen_bf16 and cfg.precision == "bf16":
-        for module in model.get_decoder().layers.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.to(torch.bfloat16)
 
     lc = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                     target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
