@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-quick bench gemma claim-hint clean
+.PHONY: setup demo check-demo test test-quick bench gemma claim-hint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/introspect demo
+
+# The documented demo headline (docs/experiments.md) against a fresh run's.
+check-demo: demo
+	$(BIN)/python scripts/check_demo_docs.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -12,10 +12,7 @@ eval set, precision, verify margin, generation settings, bootstrap), so a re-run
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

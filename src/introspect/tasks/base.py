@@ -116,7 +116,7 @@ class Task(ABC):
 
     def sources(self, data_root: Path) -> dict[str, str]:
         """{path: content hash} of the data files read."""
-        return {str(p): file_hash(p) for p in self.source_files(data_root)}
+        return {str(Path(p).resolve()): file_hash(p) for p in self.source_files(data_root)}
 
     def init_options(self) -> dict[str, Any]:
         """The constructor arguments: `get_task(name, **init_options())` rebuilds this task."""

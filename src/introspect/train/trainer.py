@@ -24,120 +24,17 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .. import behavior, checkpoints, provenance, tree
+from .. import behavior, checkpoints, provenance
 from ..behavior import choice_token_ids, encode_pairs
 from ..config import UserError, seed_everything
 from ..labels import agreement, drift, label_frame
-from ..models import load_model, render_prompt
+from ..models import load_model
 from ..tables import pairs_from_table, read_table, task_of
 from ..tasks import Pair
-from . import objectives
 from .config import TrainConfig, to_dict
+from .step import encode_explanations, explanation_item, step_losses, tree_terms  # noqa: F401  (the step's losses)
 
 KILL_ENV = "INTROSPECT_KILL_AFTER_STEP"  # tests: SIGKILL this process right after the given optimiser step
-
-
-def encode_explanations(tok: Any, labels: Any, max_length: int, where: str) -> list[tuple[list[int], list[int]]]:
-    """(input ids, labels) per example: the explanation prompt, then target + end-of-turn; loss on the latter only."""
-    out = []
-    for r in labels.itertuples(index=False):
-        prompt = behavior.encode(tok, render_prompt(tok, json.loads(r.prompt)))
-        target = behavior.encode(tok, r.target + tok.eos_token)
-        if len(prompt) + len(target) > max_length:
-            raise UserError(f"{where}: explanation example {r.pair_id} is {len(prompt) + len(target)} tokens, over "
-                            f"max_length={max_length} (config key max_length)")
-        out.append((prompt + target, [objectives.IGNORE] * len(prompt) + target))
-    return out
-
-
-Item = tuple[Sequence[int], int]  # (token ids, n): an explanation example with its last n tokens as targets, or n=0: a behaviour prompt
-
-
-def tree_terms(model: Any, groups: Sequence[Sequence[Item]], choice_ids: behavior.Groups,
-               pad_id: int) -> tuple[torch.Tensor, int, torch.Tensor | None]:
-    """Explanation CE and behaviour log-probs for groups of items, one prefix-tree row per group (`tree.py`).
-
-    A group is e.g. one pair's [explanation example, x, x∖C]: their shared start (system turn, question, options,
-    and the hint for the explanation and x) runs once. The LM head runs only where a loss reads it: the positions
-    predicting target tokens and each behaviour prompt's last position.
-    Returns (CE summed over target tokens, target count, choice log-probs [behaviour prompts in order, C] or None).
-    """
-    batch = tree.pack([[seq for seq, _ in g] for g in groups], pad_id)
-    wanted = [[c for (seq, n), path in zip(g, paths) if n for c in path[len(seq) - n - 1:len(seq) - 1]]
-              for g, paths in zip(groups, batch.paths)]
-    answer_cols = [[path[-1] for (seq, n), path in zip(g, paths) if not n] for g, paths in zip(groups, batch.paths)]
-    rows, states = tree.forward(model, batch, wanted, hidden=answer_cols if any(answer_cols) else None)
-    target_logits = [logits for logits in rows if len(logits)]
-    targets = [t for g in groups for seq, n in g if n for t in seq[len(seq) - n:]]
-    n_tok = len(targets)
-    ce_sum = objectives.explanation(logits=torch.cat(target_logits), targets=torch.tensor(targets)) * n_tok if n_tok else torch.zeros(())
-    if not any(answer_cols):
-        return ce_sum, n_tok, None
-    # the answer positions get the fp32 head, as in sampling: M0's table and these log-probs are the same quantity
-    logits = behavior.head_logits(model, torch.cat([h for h in states if len(h)]))
-    return ce_sum, n_tok, torch.log_softmax(behavior.group_logits(logits, choice_ids), dim=-1)
-
-
-def explanation_item(example: tuple[list[int], list[int]]) -> Item:
-    ids, labels = example
-    return ids, sum(1 for t in labels if t != objectives.IGNORE)
-
-
-def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int], list[int]]],
-                with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]], p_m0: np.ndarray,
-                p_m0_without: np.ndarray, choice_ids: behavior.Groups, pad_id: int, packed: int = 0,
-                gold: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-    """The loss terms for one micro-batch; a term with weight 0 is not computed (no forward, no gradient).
-
-    The first `packed` explanation examples are of the same pairs as the first `packed` behaviour pairs: each such
-    pair's explanation example, x and x∖C run as one prefix tree (`tree_terms`); the remaining explanation examples
-    run alone, the remaining pairs as an (x, x∖C) tree (or apart with `pack: false`). Rows go through the model
-    `cfg.rows_per_forward` at a time, length-sorted: on CPU padding costs more than batching saves.
-    """
-    w = cfg.weights
-    want_expl = w.explanation > 0 and len(expl) > 0
-    want_beh = (w.behavior_kl > 0 or w.sycophancy_reduction > 0 or w.refusal_tuning > 0) and len(with_c) > 0
-    packed = packed if want_expl and want_beh else 0
-    size = cfg.rows_per_forward
-
-    def chunks(idx: range, length: Any) -> list[list[int]]:
-        order = sorted(idx, key=length)
-        return [order[i:i + size] for i in range(0, len(order), size)]
-
-    # (group, (pair index, side) of each behaviour item); side 0 = x, 1 = x∖C
-    groups: list[tuple[list[Item], list[tuple[int, int]]]] = []
-    for i in range(packed):  # a pair's explanation example, x and x∖C in one tree
-        groups.append(([explanation_item(expl[i]), (with_c[i], 0), (without_c[i], 0)], [(i, 0), (i, 1)]))
-    if want_expl:
-        groups += [([explanation_item(expl[i])], []) for i in range(packed, len(expl))]
-    if want_beh:
-        for i in range(packed, len(with_c)):  # x and x∖C share their start; `pack: false` runs them apart
-            if cfg.pack:
-                groups.append(([(with_c[i], 0), (without_c[i], 0)], [(i, 0), (i, 1)]))
-            else:
-                groups += [([(with_c[i], 0)], [(i, 0)]), ([(without_c[i], 0)], [(i, 1)])]
-    ce_sum, n_tok = torch.zeros(()), 0
-    rows: dict[tuple[int, int], torch.Tensor] = {}  # (pair index, side) -> choice log-probs
-    for c in chunks(range(len(groups)), lambda j: sum(len(seq) for seq, _ in groups[j][0])):
-        s, n, lp = tree_terms(model, [groups[j][0] for j in c], choice_ids, pad_id)
-        ce_sum, n_tok = ce_sum + s, n_tok + n
-        rows.update(zip((key for j in c for key in groups[j][1]), lp if lp is not None else []))
-    losses: dict[str, torch.Tensor] = {}
-    if want_expl:
-        losses["explanation"] = ce_sum / n_tok
-    if want_beh:
-        logp = torch.stack([rows[i, side] for i in range(len(with_c)) for side in (0, 1)])  # rows 2i: x, 2i+1: x∖C
-        ref = torch.tensor(np.stack([p_m0, p_m0_without], axis=1).reshape(len(logp), -1), dtype=torch.float32)
-        if w.behavior_kl > 0:
-            losses["behavior_kl"] = objectives.behavior_kl(logp=logp, p_m0=ref)
-        if w.sycophancy_reduction > 0:
-            losses["sycophancy_reduction"] = objectives.sycophancy_reduction(logp_hinted=logp[0::2], p_no_hint=ref[1::2])
-        if w.refusal_tuning > 0:
-            if gold is None or (gold < 0).any():
-                raise UserError("refusal_tuning needs a gold behaviour for every training pair (the refusal task has one)")
-            target = torch.tensor(np.repeat(gold, 2), dtype=torch.long)  # x and x∖C rows alike
-            losses["refusal_tuning"] = objectives.refusal_tuning(logp=logp, target=target)
-    return losses
 
 
 def draw(seed: int, step: int, n: int, k_expl: int, k_pairs: int,

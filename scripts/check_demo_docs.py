@@ -1,0 +1,43 @@
+"""Does docs/experiments.md state the demo headline a fresh `make demo` gives? (issue 11: reproducible docs)
+
+    make demo && python scripts/check_demo_docs.py        # or: make check-demo
+
+Formats the last checkpoint of runs/demo/eval/results.json as the line the docs carry (`demo headline: ...`) and
+exits 1, printing both, when the docs say something else. The demo is deterministic on CPU (same seed, same numbers),
+so any difference means the code, the model conversion or the data changed since the docs were written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def headline(res: dict) -> str:
+    last = max(res["checkpoints"].values(), key=lambda r: r["step"])
+    d = last["self_minus_orig"]["exact_match"]
+    return (f"demo headline: step {last['step']} Self EM {last['self']['exact_match']['value']:.3f}, Orig EM "
+            f"{last['orig']['exact_match']['value']:.3f}, Self−Orig {d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], "
+            f"label differs on {last['n_label_differs']} of {last['n']}, valid test: {last['verdict']['valid']}")
+
+
+def main() -> int:
+    res_path = ROOT / "runs" / "demo" / "eval" / "results.json"
+    if not res_path.is_file():
+        print(f"{res_path} does not exist: run `make demo` first", file=sys.stderr)
+        return 2
+    fresh = headline(json.loads(res_path.read_text()))
+    documented = re.findall(r"demo headline: [^\n`]*", (ROOT / "docs" / "experiments.md").read_text())
+    if fresh in documented:
+        print(f"docs/experiments.md matches the fresh run: {fresh}")
+        return 0
+    print(f"docs/experiments.md says: {documented or 'no demo headline line'}\nthe fresh run gives:    {fresh}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
