@@ -51,7 +51,7 @@ def _behavior(n: int = 40, seed: int = 0) -> pd.DataFrame:
         a, b = rng.choice(CH), rng.choice(CH)
         msgs = [{"role": "user", "content": f"Q{i}\nHint: x"}]
         rows.append({"pair_id": f"p{i}", "messages": json.dumps(msgs), "messages_without": json.dumps([{"role": "user", "content": f"Q{i}"}]),
-                     "feature": "Hint: x", "answer": a, "answer_without": b, "changed": a != b})
+                     "feature": "Hint: x", "gold": None, "meta": "{}", "answer": a, "answer_without": b, "changed": a != b})
     return pd.DataFrame(rows)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics
+from .behavior import VERIFY_MARGIN
 from .config import DATA_ENV, REPO_ROOT, UserError, data_root, seed_everything, write_jsonl
 from .models import list_models
 from .tasks import TASKS
@@ -165,7 +166,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--batch-size", type=int, default=4, help="pairs per forward")
-    p.add_argument("--verify-margin", type=float, default=0.015,  # = behavior.VERIFY_MARGIN (not imported: keeps --help fast)
+    p.add_argument("--verify-margin", type=float, default=VERIFY_MARGIN,
                    help="bf16 near-ties closer than this (nats) are re-scored in fp32; 0 turns it off")
     p.add_argument("--task", default="hint-mmlu", choices=sorted(TASKS))
     p.add_argument("--task-format", default=None, help="task prompt format (hint-mmlu: dot, paren, ...; aita: words, verdict)")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .config import UserError
-from .tasks import Pair, Task
+from .tasks import Task
 
 UNCHANGED = "The output would remain unchanged from <<<{tag}: {letter}>>>."
 CHANGED = "The most likely output would change to <<<{tag}: {letter}>>>."
@@ -84,9 +84,10 @@ def drift(beh: pd.DataFrame, m0: pd.DataFrame) -> np.ndarray:
 
 def make_labels(behavior: pd.DataFrame, task: Task) -> pd.DataFrame:
     """One row per pair: explanation prompt (chat messages, JSON), target text, and structured (changed, letter)."""
+    from .tables import pairs_from_table
+
     rows = []
-    for r in behavior.itertuples(index=False):
-        pair = Pair(r.pair_id, json.loads(r.messages), json.loads(r.messages_without), r.feature, tuple(task.choices))
+    for r, pair in zip(behavior.itertuples(index=False), pairs_from_table(behavior, task)):
         rows.append({
             "pair_id": r.pair_id,
             "prompt": json.dumps(task.explanation_messages(pair), ensure_ascii=False),
