@@ -36,7 +36,11 @@ def load_results(run: Path) -> dict[str, Any]:
     path = run / "eval" / "results.json"
     if not path.is_file():
         raise UserError(f"{path} does not exist: run `introspect evaluate {run}` first")
-    return json.loads(path.read_text())
+    res = json.loads(path.read_text())
+    if any("verdict" not in r for r in res.get("checkpoints", {}).values()):
+        raise UserError(f"{path} was written by an older introspect without validity verdicts: run "
+                        f"`introspect evaluate {run}` again (finished checkpoints are re-scored, nothing is retrained)")
+    return res
 
 
 def _save(fig: Any, path: Path) -> Path:
