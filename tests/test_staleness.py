@@ -35,6 +35,7 @@ def base_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("stale")
     data = write_mmlu(root / "data")
     write_mmlu(data, "test", {"misc": [[f"Test question {i}?", "a", "b", "c", "d", "ABCD"[i % 4]] for i in range(6)]})
+    write_mmlu(data, "dev", {"misc": [[f"Dev question {i}?", "w", "x", "y", "z", "ABCD"[i % 4]] for i in range(8)]})
     cfg = {"run_dir": str(root / "run"), "model": "tiny-random", "data_root": str(data), "train_split": "val",
            "train_n": 8, "precision": "fp32",
            "train": {"steps": 2, "checkpoint_every": 2, "probe_every": 0, "explanation_per_step": 4,
@@ -60,6 +61,7 @@ def _rerun(base_run: tuple[Path, Path], tmp_path: Path, *overrides: str) -> set[
     ((), set()),
     (("label_noise=0.5",), {"label"} | TRAINED),
     (("train_n=7",), {"sample train", "label"} | TRAINED),
+    (("train_split=dev",), {"sample train", "label"} | TRAINED),
     (("train.lr=0.002",), TRAINED),
     (("train.weights.behavior_kl=0",), TRAINED),
     (("evaluate.max_new_tokens=6",), {"eval M0", "eval step 2", "baselines"}),
