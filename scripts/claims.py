@@ -191,7 +191,7 @@ def main() -> None:
         if not chosen.is_file():
             sys.exit("run `python scripts/claims.py lambda` first: the lambda > 0 arms use lambda* from the validation split")
         lam_star = float(json.loads(chosen.read_text())["lambda_star"])
-        for config in sorted(CONFIGS.glob("hint_expert_lam1_s*.yaml")):
+        for config in sorted(CONFIGS.glob("hint_expert_lamstar_s*.yaml")):
             if load_run_config(config).train["weights"]["behavior_kl"] != lam_star:
                 sys.exit(f"{config}: train.weights.behavior_kl must be lambda* = {lam_star} (docs/claims_lambda.json); "
                          f"set it in the config and commit before running the arms")
