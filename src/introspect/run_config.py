@@ -42,7 +42,7 @@ class Selection:
 
 @dataclass
 class RunConfig:
-    run_dir: str  # where every stage writes (relative paths are relative to the config file's directory's cwd)
+    run_dir: str  # where every stage writes (a relative path is relative to the current directory)
     model: str = "smollm2-135m-instruct"  # M0, the model trained and evaluated
     task: str = "hint-mmlu"
     task_options: dict[str, Any] = field(default_factory=dict)
