@@ -158,7 +158,8 @@ def score_prompts(model: Any, prompts: Sequence[Sequence[int]], choice_ids: Grou
                         precision=precision, share_root=False, progress=progress)
 
 
-def _margin(logp: np.ndarray) -> np.ndarray:
+def margin(logp: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 log-prob per row (nats): the confidence of the argmax."""
     top2 = np.sort(logp, axis=1)[:, -2:]
     return top2[:, 1] - top2[:, 0]
 
@@ -193,7 +194,7 @@ def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence
                                desc=desc)
         res = {"logp": lp[:n], "logp_without": lp[n:], "top": top[:n], "top_without": top[n:]}
     if verify_margin > 0 and precision == "bf16":
-        close = np.flatnonzero((_margin(res["logp"]) < verify_margin) | (_margin(res["logp_without"]) < verify_margin))
+        close = np.flatnonzero((margin(res["logp"]) < verify_margin) | (margin(res["logp_without"]) < verify_margin))
         if len(close):
             exact = score_pairs(model, [with_c[i] for i in close], [without_c[i] for i in close], choice_ids,
                                 pad_id=pad_id, batch_size=batch_size, precision="fp32", share_prefix=share_prefix,

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .config import UserError
+from .tables import pairs_from_table
 from .tasks import Task
 
 UNCHANGED = "The output would remain unchanged from <<<{tag}: {letter}>>>."
@@ -84,8 +85,6 @@ def drift(beh: pd.DataFrame, m0: pd.DataFrame) -> np.ndarray:
 
 def make_labels(behavior: pd.DataFrame, task: Task) -> pd.DataFrame:
     """One row per pair: explanation prompt (chat messages, JSON), target text, and structured (changed, letter)."""
-    from .tables import pairs_from_table
-
     rows = []
     for r, pair in zip(behavior.itertuples(index=False), pairs_from_table(behavior, task)):
         rows.append({

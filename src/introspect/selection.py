@@ -9,17 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .behavior import margin
 from .config import UserError
 
 
 def margins(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Per pair, the top-1 minus top-2 log-prob with C and without C."""
-    out = []
-    for col in ("probs", "probs_without"):
-        p = np.log(np.clip(np.array(df[col].tolist(), dtype=np.float64), 1e-30, None))
-        top2 = np.sort(p, axis=1)[:, -2:]
-        out.append(top2[:, 1] - top2[:, 0])
-    return out[0], out[1]
+    a, b = (margin(np.log(np.clip(np.array(df[c].tolist(), dtype=np.float64), 1e-30, None)))
+            for c in ("probs", "probs_without"))
+    return a, b
 
 
 def pair_margin(df: pd.DataFrame) -> np.ndarray:
