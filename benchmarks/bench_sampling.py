@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from introspect.behavior import VERIFY_MARGIN, left_pad, autocast, choice_token_ids, encode_pairs, score_pairs
+from introspect.config import VERIFY_MARGIN
+from introspect.behavior import left_pad, autocast, choice_token_ids, encode_pairs, score_pairs
 from introspect.config import data_root, seed_everything, set_threads, write_jsonl
 from introspect.models import load_model, render_prompt
 from introspect.tasks import get_task

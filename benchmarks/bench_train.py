@@ -28,6 +28,7 @@ from introspect.config import data_root, seed_everything, set_threads, write_jso
 from introspect.models import load_model
 from introspect.tasks import get_task
 from introspect.train import LoraSpec, LossWeights, TrainConfig
+from introspect.train import step as S
 from introspect.train import trainer as T
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     beh, _ = behavior.sample_behavior(loaded.model, tok, task, pairs, progress=False)
     lab = labels.make_labels(beh, task)
     with_c, without_c = behavior.encode_pairs(tok, task, pairs)
-    expl = T.encode_explanations(tok, lab, 2048, "bench")
+    expl = S.encode_explanations(tok, lab, 2048, "bench")
     p_m0, p_m0_without = np.array(beh["probs"].tolist()), np.array(beh["probs_without"].tolist())
     cids = behavior.choice_token_ids(tok, task.continuations)
     cfg = TrainConfig(behavior="-", labels="-", out_dir="-", lora=LoraSpec(rank=args.rank, alpha=2 * args.rank))
@@ -69,21 +70,21 @@ def main() -> None:
     def reference_probs(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """p_M0 computed live: the base model (adapter disabled), no gradient, on x and x∖C of the step's pairs."""
         with torch.no_grad(), model.disable_adapter():
-            _, _, logp = T.tree_terms(model, [[(with_c[i], 0), (without_c[i], 0)] for i in idx], cids, pad)
+            _, _, logp = S.tree_terms(model, [[(with_c[i], 0), (without_c[i], 0)] for i in idx], cids, pad)
         p = logp.exp().float().numpy()
         return p[0::2], p[1::2]
 
     def live_reference(idx: np.ndarray) -> dict[str, torch.Tensor]:
         p, q = reference_probs(idx)
         c = TrainConfig(behavior="-", labels="-", out_dir="-", weights=LossWeights(explanation=1.0, behavior_kl=1.0))
-        return T.step_losses(model, cfg=c, expl=[expl[i] for i in idx], with_c=[with_c[i] for i in idx],
+        return S.step_losses(model, cfg=c, expl=[expl[i] for i in idx], with_c=[with_c[i] for i in idx],
                              without_c=[without_c[i] for i in idx], p_m0=p, p_m0_without=q, choice_ids=cids,
                              pad_id=pad, packed=len(idx))
 
     def cached(packed: bool, kl: bool) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
         c = TrainConfig(behavior="-", labels="-", out_dir="-", weights=LossWeights(explanation=1.0, behavior_kl=float(kl)),
                         pack=packed)
-        return lambda idx: T.step_losses(model, cfg=c, expl=[expl[i] for i in idx], with_c=[with_c[i] for i in idx],
+        return lambda idx: S.step_losses(model, cfg=c, expl=[expl[i] for i in idx], with_c=[with_c[i] for i in idx],
                                          without_c=[without_c[i] for i in idx], p_m0=p_m0[idx],
                                          p_m0_without=p_m0_without[idx], choice_ids=cids, pad_id=pad,
                                          packed=len(idx) if packed else 0)

@@ -1,4 +1,4 @@
-"""How close must two choices be before bf16 may flip them? Chooses behavior.VERIFY_MARGIN.
+"""How close must two choices be before bf16 may flip them? Chooses config.VERIFY_MARGIN.
 
     python scripts/bf16_margin_study.py --n 200 --out docs/bf16_margin_study.json
 

@@ -195,7 +195,8 @@ def main() -> None:
             if load_run_config(config).train["weights"]["behavior_kl"] != lam_star:
                 sys.exit(f"{config}: train.weights.behavior_kl must be lambda* = {lam_star} (docs/claims_lambda.json); "
                          f"set it in the config and commit before running the arms")
-        for config in sorted(CONFIGS.glob("hint_expert_lam*_s*.yaml")):
+        # seed by seed, the regulariser arm first: a partial run still pairs each lambda* arm with its lambda = 0 arm
+        for config in sorted(CONFIGS.glob("hint_expert_lam*_s*.yaml"), key=lambda c: (c.stem[-2:], "_lam0_" in c.stem)):
             run(config)
         table()
     else:

@@ -22,6 +22,7 @@ from introspect.config import data_root, seed_everything
 from introspect.models import load_model
 from introspect.tasks import get_task
 from introspect.train import TrainConfig
+from introspect.train import step as S
 from introspect.train import trainer as T
 
 
@@ -39,7 +40,7 @@ def main() -> None:
     df, _ = behavior.sample_behavior(loaded.model, tok, task, pairs, precision="bf16",
                                      verify_margin=args.verify_margin, progress=False)
     table = np.stack([np.array(df["probs"].tolist()), np.array(df["probs_without"].tolist())], 1).reshape(-1, 4)
-    expl = T.encode_explanations(tok, labels.make_labels(df, task), 2048, "step0")
+    expl = S.encode_explanations(tok, labels.make_labels(df, task), 2048, "step0")
     a, b = behavior.encode_pairs(tok, task, pairs)
     cids = behavior.choice_token_ids(tok, task.continuations)
     model = T.wrap(loaded.model, TrainConfig(behavior="-", labels="-", out_dir="-"))  # LoRA B = 0: the model is M0
@@ -48,8 +49,8 @@ def main() -> None:
     fp32_rows, bf16_rows = [], []
     with torch.no_grad(), behavior.autocast("bf16"):
         for i in range(0, args.n, 2):
-            groups = [[T.explanation_item(expl[j]), (a[j], 0), (b[j], 0)] for j in range(i, min(i + 2, args.n))]
-            fp32_rows.append(T.tree_terms(model, groups, cids, tok.pad_token_id)[2].float().numpy())
+            groups = [[S.explanation_item(expl[j]), (a[j], 0), (b[j], 0)] for j in range(i, min(i + 2, args.n))]
+            fp32_rows.append(S.tree_terms(model, groups, cids, tok.pad_token_id)[2].float().numpy())
             batch = tree.pack([[s for s, _ in g] for g in groups], tok.pad_token_id)
             cols = [[p[-1] for (s, n), p in zip(g, ps) if not n] for g, ps in zip(groups, batch.paths)]
             logits, _ = tree.forward(model, batch, cols)  # the model's own (bf16) head: the old trainer

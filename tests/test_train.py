@@ -18,6 +18,7 @@ from introspect import tables as tbl
 from introspect.models import Loaded
 from introspect.tasks import get_task
 from introspect.train import LossWeights, TrainConfig
+from introspect.train import step as S
 from introspect.train import trainer as T
 
 VENV_BIN = Path(sys.executable).parent
@@ -42,7 +43,7 @@ def _encoded(tiny: Loaded, tables) -> tuple:
     beh, meta = tbl.read_table(tables[0])
     task = tbl.task_of(meta)
     a, b = behavior.encode_pairs(tiny.tokenizer, task, tbl.pairs_from_table(beh, task))
-    expl = T.encode_explanations(tiny.tokenizer, lab, 768, "labels")
+    expl = S.encode_explanations(tiny.tokenizer, lab, 768, "labels")
     return beh, a, b, expl, behavior.choice_token_ids(tiny.tokenizer, task.continuations)
 
 
@@ -60,9 +61,9 @@ def _metrics(out: Path) -> list[dict]:
 
 def test_explanation_loss_ignores_prompt_tokens(tiny: Loaded, tables) -> None:
     lab, _ = tbl.read_table(tables[1])
-    expl = T.encode_explanations(tiny.tokenizer, lab, 768, "labels")[:3]
+    expl = S.encode_explanations(tiny.tokenizer, lab, 768, "labels")[:3]
     with torch.no_grad():
-        ce_sum, n, _ = T.tree_terms(tiny.model, [[T.explanation_item(e)] for e in expl], [], tiny.tokenizer.pad_token_id)
+        ce_sum, n, _ = S.tree_terms(tiny.model, [[S.explanation_item(e)] for e in expl], [], tiny.tokenizer.pad_token_id)
         terms = []
         for ids, labels_ in expl:  # each example alone, full logits, loss read off the labelled positions by hand
             logp = torch.log_softmax(tiny.model(input_ids=torch.tensor([ids])).logits[0], -1)
@@ -82,7 +83,7 @@ def test_packed_tree_equals_separate_forwards(tiny: Loaded, tables) -> None:
               choice_ids=cids, pad_id=tiny.tokenizer.pad_token_id)
     apart = dataclasses.replace(kw.pop("cfg"), pack=False)  # every sequence in its own row
     with torch.no_grad():
-        packed, plain = T.step_losses(tiny.model, cfg=cfg, packed=5, **kw), T.step_losses(tiny.model, cfg=apart, **kw)
+        packed, plain = S.step_losses(tiny.model, cfg=cfg, packed=5, **kw), S.step_losses(tiny.model, cfg=apart, **kw)
     assert packed.keys() == plain.keys() == {"explanation", "behavior_kl", "sycophancy_reduction"}
     for k in packed:
         torch.testing.assert_close(packed[k], plain[k], atol=1e-4, rtol=1e-4)
@@ -108,7 +109,7 @@ def test_lambda_zero_removes_regulariser_gradient(tiny: Loaded, tables) -> None:
     def run(weights: LossWeights, terms: tuple[str, ...] | None = None) -> tuple[dict, list[torch.Tensor]]:
         tiny.model.zero_grad()
         cfg = _cfg(tables, Path("unused"), weights=weights)
-        losses = T.step_losses(tiny.model, cfg=cfg, expl=expl[:4], with_c=a[:4], without_c=b[:4], p_m0=p,
+        losses = S.step_losses(tiny.model, cfg=cfg, expl=expl[:4], with_c=a[:4], without_c=b[:4], p_m0=p,
                                p_m0_without=q, choice_ids=cids, pad_id=tiny.tokenizer.pad_token_id, packed=4)
         sum(getattr(weights, k) * v for k, v in losses.items() if terms is None or k in terms).backward()
         return losses, [x.grad.clone() for x in tiny.model.parameters()]
@@ -139,11 +140,11 @@ def test_step0_training_distributions_equal_the_behavior_table(tiny: Loaded, dat
                                      progress=False)  # the run's table is sampled at the run's precision
     a, b = behavior.encode_pairs(tiny.tokenizer, task, pairs)
     lab = labels.make_labels(df, task)
-    expl = T.encode_explanations(tiny.tokenizer, lab, 768, "labels")
+    expl = S.encode_explanations(tiny.tokenizer, lab, 768, "labels")
     cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
-    groups = [[T.explanation_item(expl[i]), (a[i], 0), (b[i], 0)] for i in range(len(pairs))]
+    groups = [[S.explanation_item(expl[i]), (a[i], 0), (b[i], 0)] for i in range(len(pairs))]
     with torch.no_grad(), behavior.autocast(precision):
-        _, _, logp = T.tree_terms(model, groups, cids, tiny.tokenizer.pad_token_id)
+        _, _, logp = S.tree_terms(model, groups, cids, tiny.tokenizer.pad_token_id)
     table = np.log(np.stack([np.array(df["probs"].tolist()), np.array(df["probs_without"].tolist())], 1).reshape(-1, 4))
     assert np.abs(logp.numpy() - table).max() <= tol
 

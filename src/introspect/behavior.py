@@ -13,6 +13,7 @@ multiple choice over a fixed choice set), never from free generation. Speed come
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import time
 from contextlib import nullcontext
@@ -25,11 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import tree
-from .config import UserError
+from .config import VERIFY_MARGIN, UserError
 from .models import render_prompt
 from .tasks import Pair, Task
 
-VERIFY_MARGIN = 0.015  # bf16 near-ties closer than this (nats) are re-scored in fp32; see docs/benchmarks.md
 PAIRS_PER_ROW = 2  # pairs packed into one prefix-tree row when sampling; see docs/benchmarks.md
 
 
@@ -132,7 +132,8 @@ def score_groups(model: Any, groups: Sequence[Sequence[Sequence[int]]], choice_i
     decoder = model.get_decoder()
     with autocast(precision), tqdm(total=int(offsets[-1]), disable=not progress, desc=f"{desc} ({precision})",
                                    unit="prompt") as bar:
-        root_cache = decoder(input_ids=torch.tensor([groups[0][0][:root]]), use_cache=True).past_key_values if root else None
+        kv = cache_kwarg(decoder)
+        root_cache = getattr(decoder(input_ids=torch.tensor([groups[0][0][:root]]), use_cache=True), kv) if root else None
         for i in range(0, len(order), rows_per_batch):
             rows = order[i:i + rows_per_batch]
             batch = tree.pack([[p[root:] for p in groups[r]] for r in rows], pad_id)
@@ -142,13 +143,19 @@ def score_groups(model: Any, groups: Sequence[Sequence[Sequence[int]]], choice_i
                 cache.batch_repeat_interleave(len(rows))
                 mask = torch.cat([mask.new_ones(*mask.shape[:3], root), mask], dim=-1)
             k_pos = torch.cat([torch.arange(root).expand(len(rows), -1), pos], dim=1)
-            hidden = decoder(input_ids=batch.input_ids, position_ids=pos, past_key_values=cache, use_cache=cache is not None,
+            hidden = decoder(input_ids=batch.input_ids, position_ids=pos, **{kv: cache}, use_cache=cache is not None,
                              attention_mask=tree.model_mask(model, mask, pos, k_pos)).last_hidden_state
             cols = batch.last_columns()
             at = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
             out[at], top[at] = _head_logprobs(model, torch.cat([hidden[b, c] for b, c in enumerate(cols)]), choice_ids)
             bar.update(int(sum(offsets[r + 1] - offsets[r] for r in rows)))
     return out, top
+
+
+def cache_kwarg(module: Any) -> str:
+    """The KV cache's argument and output name: `cache` in transformers >= 5.2x (`past_key_values` is deprecated
+    there and warns), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def score_prompts(model: Any, prompts: Sequence[Sequence[int]], choice_ids: Groups, *, pad_id: int,

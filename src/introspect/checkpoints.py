@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from .config import UserError
+from .models import peft_deprecation_silenced
 
 STATE = "trainer_state.pt"
 
@@ -122,7 +123,8 @@ def applied(base: Any, path: Path | None, finetune: str) -> Iterator[Any]:
     if finetune == "lora":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(base.model, path).eval()
+        with peft_deprecation_silenced():
+            model = PeftModel.from_pretrained(base.model, path).eval()
         try:
             yield model
         finally:

@@ -11,9 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import metrics
-from .behavior import VERIFY_MARGIN
-from .config import DATA_ENV, REPO_ROOT, UserError, data_root, seed_everything, write_jsonl
+from .config import DATA_ENV, REPO_ROOT, VERIFY_MARGIN, UserError, data_root, seed_everything, write_jsonl
 from .models import list_models
 from .tasks import TASKS
 from .typed import parse_assignment
@@ -91,6 +89,7 @@ def cmd_screen(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     import json
 
+    from . import metrics
     from .score_files import read_gold, read_predictions
 
     gold, choices = read_gold(args.gold, args.choices.split(",") if args.choices else None)
@@ -177,8 +176,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--balance", action="store_true", help="keep equal numbers of changed and unchanged pairs")
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("introspect")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="introspect", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"introspect {version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("models", help="list known models").set_defaults(fn=cmd_models)
 
@@ -250,11 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, nested with dots "
                    "(e.g. train.weights.behavior_kl=0)")
     p.set_defaults(fn=cmd_run)
+    for p in sub.choices.values():
+        p.set_defaults(parser=p)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # a mistyped flag gets the usage of the subcommand it was meant for, not the top-level one
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         args.fn(args)
     except UserError as e:

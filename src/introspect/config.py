@@ -9,14 +9,15 @@ import random
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # torch and numpy load on first use: `introspect --help` starts in well under a second
+    import torch
 
 DATA_ENV = "INTROSPECT_DATA"
 CACHE_ENV = "INTROSPECT_CACHE"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+VERIFY_MARGIN = 0.015  # bf16 near-ties closer than this (nats) are re-scored in fp32; see docs/benchmarks.md
 
 
 class UserError(Exception):
@@ -50,6 +51,9 @@ def cache_dir() -> Path:
 
 def seed_everything(seed: int) -> None:
     """One seed for Python, NumPy and torch."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -57,6 +61,8 @@ def seed_everything(seed: int) -> None:
 
 def set_threads() -> int:
     """Use every core this process may run on."""
+    import torch
+
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n
@@ -70,6 +76,8 @@ def stable_hash(obj: Any) -> str:
 
 def weights_hash(model: torch.nn.Module) -> str:
     """Content hash of a model's parameters and buffers (names, shapes, dtypes, values)."""
+    import torch
+
     h = hashlib.blake2b(digest_size=8)
     for name, t in sorted(model.state_dict().items()):
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())

@@ -10,12 +10,14 @@ import importlib
 import importlib.util
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
+if TYPE_CHECKING:  # torch and transformers load on first use, so `introspect models` and `--help` start fast
+    from transformers import PreTrainedModel
 
 from .config import UserError, cache_dir, set_threads, weights_hash
 
@@ -90,6 +92,8 @@ def bundled_path(name: str) -> Path:
         importlib.import_module(spec.package).assemble(folder / spec.filename)
     else:
         folder = _package_dir(spec)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     print(f"[models] converting {spec.filename} to {target} (once; later loads take seconds)", flush=True)
     t0 = time.time()
     q = AutoModelForCausalLM.from_pretrained(folder, gguf_file=spec.filename)
@@ -110,11 +114,16 @@ def bundled_path(name: str) -> Path:
 
 
 def smollm2_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(bundled_path("smollm2-135m-instruct"))
 
 
 def tiny_random(seed: int = 0, layers: int = 2, hidden: int = 64) -> tuple[PreTrainedModel, Any]:
     """A small random Llama with SmolLM2's tokenizer: the tests' model."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
     tok = smollm2_tokenizer()
     cfg = LlamaConfig(
         vocab_size=len(tok),
@@ -134,6 +143,8 @@ def tiny_random(seed: int = 0, layers: int = 2, hidden: int = 64) -> tuple[PreTr
 
 
 def _load_dir_or_hub(name: str) -> tuple[PreTrainedModel, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     is_dir = Path(name).is_dir()
     if not is_dir and ("/" not in name or name.startswith((".", "/"))):
         raise UserError(f"unknown model {name!r}: known models are {', '.join(KNOWN)}, a local model directory, or a hub id")
@@ -174,8 +185,19 @@ def fingerprint(name: str, *, seed: int = 0) -> str:
     return ",".join(f"{f.name}:{_file_hash(f)}" for f in files) or f"dir:{folder}"
 
 
+@contextmanager
+def peft_deprecation_silenced() -> Iterator[None]:
+    """Around peft calls only: silence the one third-party deprecation we cannot fix at our call sites, by its exact
+    message (peft 0.21 reads `model.is_gradient_checkpointing` when it wraps or loads an adapter; transformers 5.2x
+    deprecates it). Every other warning still shows; our KV-cache calls use the new name (behavior.cache_kwarg)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def load_model(name: str, *, seed: int = 0, hash_weights: bool = True) -> Loaded:
     """Load a model by registry name, local directory or hub id; fp32 weights, eval mode, all cores."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     set_threads()
     loader: Callable[[], tuple[PreTrainedModel, Any]]
     if name in BUNDLED:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .behavior import VERIFY_MARGIN
-from .config import UserError, read_yaml
+
+from .config import VERIFY_MARGIN, UserError, read_yaml
 from .typed import apply_overrides, build
 from .train.config import TrainConfig, validate
 

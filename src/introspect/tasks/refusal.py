@@ -27,8 +27,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from ..config import UserError
 from .base import HOLDOUT_SPLITS, Pair, Task, in_holdout_split, read_records
 
@@ -97,6 +95,8 @@ def load_requests(data_root: Path, sources: tuple[str, ...] = DEFAULT_SOURCES) -
                 if rec["Harmfulness"] == "harmless" and rec["Request"].strip():
                     benign.append((f"phtest/{rec['ID']}", rec["Request"].strip()))
     if "wildguard" in sources:
+        import pandas as pd
+
         df = pd.read_parquet(data_root / WILDGUARD)
         vanilla = df[~df["adversarial"].astype(bool)]
         benign += [(f"wildguard/{i}", p.strip()) for i, p in vanilla[vanilla["prompt_harm_label"] == "unharmful"]["prompt"].items()]

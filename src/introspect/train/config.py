@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..behavior import VERIFY_MARGIN
-from ..config import UserError, read_yaml
+
+from ..config import VERIFY_MARGIN, UserError, read_yaml
 from ..typed import apply_overrides, build, to_dict
 
 __all__ = ["LoraSpec", "LossWeights", "TrainConfig", "load_config", "to_dict", "validate"]

@@ -28,11 +28,11 @@ from .. import behavior, checkpoints, provenance
 from ..behavior import choice_token_ids, encode_pairs
 from ..config import UserError, seed_everything
 from ..labels import agreement, drift, label_frame
-from ..models import load_model
+from ..models import load_model, peft_deprecation_silenced
 from ..tables import pairs_from_table, read_table, task_of
 from ..tasks import Pair
 from .config import TrainConfig, to_dict
-from .step import encode_explanations, explanation_item, step_losses, tree_terms  # noqa: F401  (the step's losses)
+from .step import encode_explanations, step_losses
 
 KILL_ENV = "INTROSPECT_KILL_AFTER_STEP"  # tests: SIGKILL this process right after the given optimiser step
 
@@ -79,7 +79,8 @@ def wrap(model: Any, cfg: TrainConfig) -> Any:
 
     lc = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                     target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, lc)
+    with peft_deprecation_silenced():
+        return get_peft_model(model, lc)
 
 
 def resume_point(cfg: TrainConfig, ckdir: Path, wanted: dict[str, str], resume: bool, say: Any) -> Path | None:
