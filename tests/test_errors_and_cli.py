@@ -73,3 +73,40 @@ def test_cli_errors_exit_2(data_dir: Path, tmp_path: Path, capsys: pytest.Captur
     assert cli.main(["score", "--pred", str(bad), "--gold", str(tmp_path / "none.parquet")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _cli(*argv: str) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "introspect.cli", *argv], capture_output=True, text=True, timeout=120)
+
+
+def test_mistyped_flag_prints_that_subcommands_usage(tmp_path: Path) -> None:
+    r = _cli("sample", "--nn", "3", "--out", str(tmp_path / "b.parquet"))
+    assert r.returncode == 2
+    assert "usage: introspect sample" in r.stderr and "unrecognized arguments: --nn 3" in r.stderr
+    assert not (tmp_path / "b.parquet").exists()
+
+
+def test_version_prints_the_package_version() -> None:
+    from importlib.metadata import version
+
+    r = _cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"introspect {version('introspect')}"
+
+
+def test_help_and_models_load_neither_torch_nor_transformers() -> None:
+    """What keeps `introspect --help`, `COMMAND --help` and `models` fast (benchmarks/bench_cli.py times it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\nfrom introspect import cli\n"
+            "for argv in (['--help'], ['run', '--help'], ['sample', '--help']):\n"
+            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "        cli.main(argv)\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    cli.main(['models'])\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'peft') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
