@@ -1,5 +1,6 @@
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -75,8 +76,7 @@ def test_cli_errors_exit_2(data_dir: Path, tmp_path: Path, capsys: pytest.Captur
     assert not (tmp_path / "x").exists()
 
 
-def _cli(*argv: str) -> "subprocess.CompletedProcess[str]":
-    import subprocess
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
     import sys
 
     return subprocess.run([sys.executable, "-m", "introspect.cli", *argv], capture_output=True, text=True, timeout=120)
@@ -98,7 +98,6 @@ def test_version_prints_the_package_version() -> None:
 
 def test_help_and_models_load_neither_torch_nor_transformers() -> None:
     """What keeps `introspect --help`, `COMMAND --help` and `models` fast (benchmarks/bench_cli.py times it)."""
-    import subprocess
     import sys
 
     code = ("import sys, contextlib, io\nfrom introspect import cli\n"

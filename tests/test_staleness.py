@@ -156,3 +156,31 @@ def test_results_carry_the_validity_verdict(base_run) -> None:
     assert v["valid"] is False and any("agreement" in f or "differ" in f for f in v["failures"])
     assert "not a valid test" in (src / "summary.md").read_text()
     assert "Not a valid test of coupling" in (src / "report.html").read_text()
+
+
+def test_run_prints_stage_lines(base_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _rerun(base_run, tmp_path, "train_n=7")
+    out = capsys.readouterr().out
+    names = ["sample", "label", "train", "evaluate", "report"]
+    at = [out.index(f"[stage {k}/5 {name}]") for k, name in enumerate(names, 1)]
+    assert at == sorted(at)
+
+
+def test_run_estimate_from_the_sampling_speed(base_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    from introspect import progress
+
+    cfg = load_run_config(base_run[0], ["selection.pool=100", "train.steps=10", "evaluate.n=20"])
+    units = progress.run_units(cfg)
+    assert units["sample"] == 200 and units["label"] == 0
+    assert units["train"] == 10 * 8 * progress.PRICE["train_example"]
+    clock = iter([0.0, 0.0, 20.0, 20.0])  # start of run, start of sampling, end of sampling, estimate
+    monkeypatch.setattr(progress.time, "time", lambda: next(clock))
+    lines: list[str] = []
+    p = progress.RunProgress(units, say=lines.append)
+    p.start("sample")
+    p.done("sample", prompts=200)  # 0.1 s per prompt on this pretend machine
+    left = sum(v for k, v in units.items() if k != "sample") * 0.1
+    assert lines[0] == "[stage 1/5 sample]"
+    assert f"~{left / 60:.0f} min left" in lines[1] and "10.0 prompts/s" in lines[1]
+    p.done("label")  # the estimate is printed once
+    assert len(lines) == 2

@@ -175,7 +175,7 @@ def margin(logp: np.ndarray) -> np.ndarray:
 def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]],
                 choice_ids: Groups, *, pad_id: int, batch_size: int = 4, precision: str = "bf16",
                 share_prefix: bool = True, verify_margin: float = VERIFY_MARGIN, progress: bool = False,
-                desc: str = "sampling behaviour") -> dict[str, np.ndarray]:
+                desc: str = "sampling behaviour on x and x∖C") -> dict[str, np.ndarray]:
     """Choice log-probs on both sides of every pair.
 
     With `share_prefix`, PAIRS_PER_ROW pairs form one prefix-tree row: the system turn's KV cache (computed once)
@@ -231,7 +231,7 @@ def encode_pairs(tokenizer: Any, task: Task, pairs: Sequence[Pair]) -> tuple[lis
 
 def sample_behavior(model: Any, tokenizer: Any, task: Task, pairs: Sequence[Pair], *, batch_size: int = 4,
                     precision: str = "bf16", share_prefix: bool = True, verify_margin: float = VERIFY_MARGIN,
-                    progress: bool = True, desc: str = "sampling behaviour") -> tuple[pd.DataFrame, SampleStats]:
+                    progress: bool = True, desc: str = "sampling behaviour on x and x∖C") -> tuple[pd.DataFrame, SampleStats]:
     """B(M) on every pair: one row per pair with answers and choice distributions on both sides."""
     choice_ids = choice_token_ids(tokenizer, task.continuations)
     with_c, without_c = encode_pairs(tokenizer, task, pairs)

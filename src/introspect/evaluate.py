@@ -99,14 +99,15 @@ def compare(texts: Sequence[str], beh: pd.DataFrame, m0_beh: pd.DataFrame, choic
 
 def evaluate_one(model: Any, tok: Any, task: Task, pairs: Sequence[Pair], m0_beh: pd.DataFrame, *, seed: int,
                  n_boot: int, precision: str, verify_margin: float, batch_size: int = 16, max_new_tokens: int = 40,
-                 beh: pd.DataFrame | None = None, orig_beh: pd.DataFrame | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+                 beh: pd.DataFrame | None = None, orig_beh: pd.DataFrame | None = None,
+                 label: str = "M0") -> tuple[dict[str, Any], pd.DataFrame]:
     """Generate explanations, re-sample B(M_t) (unless `beh` is given: M0's is already known), and compare."""
     t0 = time.time()
     texts = generate(model, tok, explanation_prompts(task, pairs), precision=precision, batch_size=batch_size,
-                     max_new_tokens=max_new_tokens, progress=True)
+                     max_new_tokens=max_new_tokens, progress=True, desc=f"generating explanations ({label})")
     if beh is None:
         beh, _ = behavior.sample_behavior(model, tok, task, pairs, precision=precision, verify_margin=verify_margin,
-                                          progress=True, desc="re-sampling behaviour B(M_t)")
+                                          progress=True, desc=f"re-sampling behaviour on x and x∖C ({label})")
     result, per_item = compare(texts, beh, m0_beh, task.choices, seed=seed, n_boot=n_boot, orig_beh=orig_beh)
     result["seconds"] = round(time.time() - t0, 1)
     return result, per_item

@@ -84,7 +84,7 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
                                           precision=cfg.precision, verify_margin=cfg.verify_margin,
                                           batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
                                           beh=None if path else m0_beh,  # M0's behaviour on these pairs is known
-                                          orig_beh=orig_beh)
+                                          orig_beh=orig_beh, label=f"step {step}" if path else "M0")
             res.update(step=step, checkpoint=str(path) if path else None, inputs=wanted)
             _save(out, res, items)
         res["verdict"] = vars(verdict(res, majority_em, res["label_changed_rate"]))

@@ -124,8 +124,11 @@ def run(cfg: RunConfig) -> Path:
     from .evaluate_run import stage_evaluate
     from .report import headline, write_report
 
+    from .progress import RunProgress, run_units
+
     t0 = time.time()
     seed_everything(cfg.seed)
+    progress = RunProgress(run_units(cfg))
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     with locked(Path(cfg.run_dir)):
         for p in clean_tmp(Path(cfg.run_dir)):
@@ -137,17 +140,33 @@ def run(cfg: RunConfig) -> Path:
                       n=cfg.train_n, seed=cfg.seed, precision=cfg.precision, verify_margin=cfg.verify_margin,
                       select=cfg.selection, pool=cfg.selection.pool)
         check_sizes(cfg, root)
+        progress.start("sample")
         source = stage_sample(model_name=cfg.model, out=cfg.path("train", "behavior.parquet"), **common)
+        progress.done("sample", prompts=2 * max(cfg.train_n, cfg.selection.pool) if written_since(source, t0) else 0)
         if cfg.label_model:
+            progress.start("sample label model")
             source = stage_sample(model_name=cfg.label_model, out=cfg.path("train", f"behavior_{cfg.label_model}.parquet"),
                                   **{**common, "select": None, "pool": 0}, stage="sample label model")
+            progress.done("sample label model", prompts=2 * cfg.train_n if written_since(source, t0) else 0)
+        progress.start("label")
         stage_label(source=source, out=cfg.path("train", "labels.parquet"), noise=cfg.label_noise, noise_seed=cfg.seed)
+        progress.done("label")
+        progress.start("train")
         stage_train(cfg)
+        progress.done("train")
+        progress.start("evaluate")
         res = stage_evaluate(cfg)
+        progress.done("evaluate")
+        progress.start("report")
         report = write_report(Path(cfg.run_dir))
     print(f"\n[run] done in {time.time() - t0:.0f}s. Report: {report.resolve()}")
     print(headline(res))
     return report
+
+
+def written_since(path: Path, t0: float) -> bool:
+    """Whether a stage wrote `path` after `t0` (it ran) rather than finding it current."""
+    return path.is_file() and path.stat().st_mtime >= t0
 
 
 def check_sizes(cfg: RunConfig, root: Path) -> None:
