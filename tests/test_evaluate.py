@@ -85,6 +85,13 @@ def test_run_end_to_end_and_report(tiny_run: Path, capsys: pytest.CaptureFixture
     assert {p.name for p in (run / "figures").glob("*.png")} == {"self_vs_orig.png", "drift_agreement.png", "losses.png"}
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3
+    assert "<pre>|" not in html and "| step |" not in html  # tables are HTML, not Markdown in a <pre>
+    assert html.count("<table>") >= 8  # verdicts, 5 metrics, drift, baselines, strata, provenance
+    assert html.index("class='box verdict") < html.index("How to read this page") < html.index("<img")
+    assert "<details><summary>run_config.json, model and data hashes, commit" in html
+    assert "weights hash" in html and "docs/metrics.md" in html
+    for m in METRICS:
+        assert f"<dt>{m}</dt>" in html
     md = (run / "summary.md").read_text()
     for m in METRICS:
         assert f"## {m}" in md
@@ -130,3 +137,32 @@ def test_run_config_errors(tmp_path: Path) -> None:
     bad.write_text("run_dir: [x\n")
     with pytest.raises(UserError, match=r"c\.yaml:\d+: invalid YAML"):
         run_config.load_run_config(bad)
+
+
+def test_report_in_a_real_browser(tiny_run: Path, tmp_path: Path) -> None:
+    """Chromium (Debian's package, via Selenium) opens the report: no broken image, no empty section, the verdict box
+    on the first screen; and it does flag a broken image. Skipped where Chromium is not installed."""
+    import importlib.util
+    import shutil
+    import sys
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver") and importlib.util.find_spec("selenium")):
+        pytest.skip("needs `apt-get install chromium chromium-driver` and `pip install selenium`")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import check_report
+
+    run = tiny_run / "run"
+    if not (run / "report.html").is_file():
+        from introspect import cli
+
+        assert cli.main(["run", str(tiny_run / "cfg.yaml")]) == 0
+    shot = tmp_path / "shot.png"
+    found = check_report.check(run / "report.html", shot)
+    assert found["problems"] == [] and found["images"] == 3 and found["tables"] >= 8
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    broken = tmp_path / "broken.html"
+    html = (run / "report.html").read_text()
+    broken.write_text(html.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1)
+                      .replace("<p class='note'>Full definitions", "</dl></section><section><h2>Empty</h2></section><p>", 1))
+    problems = check_report.check(broken)["problems"]
+    assert any(p.startswith("broken image") for p in problems) and "empty section: Empty" in problems

@@ -24,6 +24,13 @@ import numpy as np
 from .labels import parse_explanation, parse_letter
 
 METRICS = ("exact_match", "has_changed_f1", "content_match", "parse_rate", "pred_changed_rate")
+DEFINITIONS = {  # one line each, for reports; the full text is the docstring above and docs/metrics.md
+    "exact_match": "verdict (changed/unchanged) and letter both right, over all n items",
+    "has_changed_f1": "macro F1 of the changed/unchanged verdict, over the parseable items",
+    "content_match": "letter right, over all n items (counted only in a parseable explanation)",
+    "parse_rate": "share of explanations whose verdict and tag both parse",
+    "pred_changed_rate": "share of parseable explanations that say 'changed' (near 0 or 1: class collapse)",
+}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ import base64
 import html
 import json
 import math
+import os
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .config import UserError, atomic_path, read_jsonl  # noqa: E402
-from .metrics import METRICS  # noqa: E402
+from .config import REPO_ROOT, UserError, atomic_path, read_jsonl  # noqa: E402
+from .metrics import DEFINITIONS, METRICS  # noqa: E402
+from .tables import read_meta  # noqa: E402
 from .validity import Verdict, headline as verdict_headline  # noqa: E402
 
 COLLAPSE = (0.05, 0.95)
@@ -43,9 +47,10 @@ def load_results(run: Path) -> dict[str, Any]:
     return res
 
 
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def _save(fig: Any, path: Path, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends sit outside the axes: keep them in the image
     plt.close(fig)
     return path
 
@@ -57,7 +62,7 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
     steps = [r["step"] for r in rows]
     paths: dict[str, Path] = {}
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     for ax, m in zip(axes, (metric, "has_changed_f1")):
         for key, color, label in (("self", "tab:blue", "Self: vs current behaviour E(M_t)"),
                                   ("orig", "tab:orange", "Orig: vs the fixed training labels")):
@@ -83,8 +88,10 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
         ax.set_ylabel(m.replace("_", " "))
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{m.replace('_', ' ')}, 95% bootstrap CI (n={rows[0]['n']})")
-        ax.legend(fontsize=8, loc="lower left")
-    paths["self_vs_orig"] = _save(fig, out_dir / "self_vs_orig.png")
+    handles, names = axes[0].get_legend_handles_labels()  # one legend below both panels, never over the data
+    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    paths["self_vs_orig"] = _save(fig, out_dir / "self_vs_orig.png", tight=False)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, [r["drift"] for r in rows], "o-", label="behaviour drift from M0 (eval pairs)")
@@ -94,7 +101,7 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
     ax.set_xlabel("training step (0 = M0)")
     ax.set_ylabel("fraction of eval pairs")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     ax.set_title("drift and label–behaviour agreement")
     paths["drift"] = _save(fig, out_dir / "drift_agreement.png")
 
@@ -109,7 +116,7 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
         ax.set_yscale("log")
         ax.set_xlabel("training step")
         ax.set_ylabel("loss (log scale)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
         ax.set_title("training losses")
         paths["losses"] = _save(fig, out_dir / "losses.png")
     return paths
@@ -125,41 +132,78 @@ def headline(res: dict[str, Any]) -> str:
     return verdict_headline(last["step"], last, Verdict(**last["verdict"]))
 
 
-def summary_markdown(res: dict[str, Any]) -> str:
+@dataclass
+class Table:
+    """One table of the report, rendered both as Markdown (summary.md) and as HTML (report.html)."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+    def markdown(self) -> list[str]:
+        out = [f"## {self.title}", ""] + ([self.note, ""] if self.note else [])
+        out += ["| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
+        return out + ["| " + " | ".join(r) + " |" for r in self.rows] + [""]
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
+        note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
+        return f"<section><h2>{html.escape(self.title)}</h2>{note}<table><tr>{head}</tr>{body}</table></section>"
+
+
+TERMS = {  # what the report's words mean, one line each (docs/metrics.md has the full text)
+    "Self": "the model's explanations scored against labels written from its current behaviour, E(M_t)",
+    "Orig": "the same explanations scored against the fixed training labels, E(M0)",
+    "Self − Orig": "coupling when > 0: the explanations follow the current model, not only the labels they were trained on",
+    "agreement": "share of eval items whose label is the same under E(M0) and E(M_t) (coupling precondition: ≥ 0.70)",
+    "drift": "share of eval items where the model's behaviour (its answers on x and x∖C) differs from M0's",
+    "label differs": "items whose label differs between E(M0) and E(M_t): the only items where Self and Orig can differ",
+}
+
+
+def tables(res: dict[str, Any]) -> list[Table]:
     rows = sorted(res["checkpoints"].values(), key=lambda r: r["step"])
-    lines = [f"# Run summary: {res.get('name', '')}", "", "**Verdict (last checkpoint)**: " + headline(res).replace("\n", "  \n"), "",
-             "| step | verdict |", "|---|---|"] + [f"| {r['step']} | {Verdict(**r['verdict']).line()} |" for r in rows] + ["",
-             f"Eval set: {rows[0]['n']} pairs ({res.get('eval_split', '?')}), never used in training. "
-             "Values are point estimates with paired-bootstrap 95% CIs.", ""]
+    out = [Table("Validity verdict per checkpoint", ["step", "verdict"],
+                 [[str(r["step"]), Verdict(**r["verdict"]).line()] for r in rows],
+                 "docs/metrics.md#validity-of-a-self-vs-orig-number lists the conditions; one function decides them.")]
     for m in METRICS:
-        lines += [f"## {m}", "", "| step | Self | Orig | Self − Orig | Self − Orig on differing items (n) |",
-                  "|---|---|---|---|---|"]
+        t = Table(m, ["step", "Self", "Orig", "Self − Orig", "Self − Orig on differing items (n)"], [],
+                  f"{DEFINITIONS[m]}. Point estimates with paired-bootstrap 95% CIs over the {rows[0]['n']} eval items.")
         for r in rows:
             d = r.get("self_minus_orig_on_differing")
-            lines.append(f"| {r['step']} | {_ci(r['self'][m])} | {_ci(r['orig'][m])} | {_ci(r['self_minus_orig'][m])} | "
-                         f"{_ci(d[m]) + ' (' + str(r['n_label_differs']) + ')' if d else 'n/a (0)'} |")
-        lines.append("")
-    lines += ["## Drift and coupling condition", "", "| step | drift | agreement E(M0)↔E(M_t) | items whose label differs | behaviour changed rate |",
-              "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['step']} | {_fmt(r['drift'])} | {_fmt(r['agreement'])} | {r['n_label_differs']} | {_fmt(r['behavior_changed_rate'])} |")
-    lines.append("")
+            t.rows.append([str(r["step"]), _ci(r["self"][m]), _ci(r["orig"][m]), _ci(r["self_minus_orig"][m]),
+                           f"{_ci(d[m])} ({r['n_label_differs']})" if d else "n/a (0)"])
+        out.append(t)
+    out.append(Table("Drift and the coupling condition",
+                     ["step", "drift", "agreement E(M0)↔E(M_t)", "items whose label differs", "behaviour changed rate"],
+                     [[str(r["step"]), _fmt(r["drift"]), _fmt(r["agreement"]), str(r["n_label_differs"]),
+                       _fmt(r["behavior_changed_rate"])] for r in rows]))
     if res.get("baselines"):
-        lines += ["## Baselines (scored against E(M0) = Self of M0, and against Self of the last checkpoint)", "",
-                  "| baseline | " + " | ".join(f"{m} vs E(M0)" for m in METRICS) + " | exact_match vs E(M_last) |",
-                  "|---|" + "---|" * (len(METRICS) + 1)]
-        for name, b in res["baselines"].items():
-            lines.append(f"| {name} | " + " | ".join(_ci(b["orig"][m]) for m in METRICS) + f" | {_ci(b['self_last']['exact_match'])} |")
-        lines.append("")
-    lines += ["## Strata (exact match of the model's explanations, by the label's class)", "",
-              "| step | Self: changed items (n) | Self: unchanged items (n) | Orig: changed (n) | Orig: unchanged (n) |", "|---|---|---|---|---|"]
+        out.append(Table("Baselines (scored against E(M0) = Self of M0, and against Self of the last checkpoint)",
+                         ["baseline", *(f"{m} vs E(M0)" for m in METRICS), "exact_match vs E(M_last)"],
+                         [[name, *(_ci(b["orig"][m]) for m in METRICS), _ci(b["self_last"]["exact_match"])]
+                          for name, b in res["baselines"].items()]))
+    strata = Table("Strata (exact match of the model's explanations, by the label's class)",
+                   ["step", "Self: changed items (n)", "Self: unchanged items (n)", "Orig: changed (n)", "Orig: unchanged (n)"], [])
     for r in rows:
         s = r.get("strata", {})
         cell = lambda k: f"{_fmt(s[k]['exact_match'])} ({s[k]['n']})" if k in s else "n/a"  # noqa: E731
-        lines.append(f"| {r['step']} | {cell('self_changed')} | {cell('self_unchanged')} | {cell('orig_changed')} | {cell('orig_unchanged')} |")
-    lines.append("")
+        strata.rows.append([str(r["step"]), cell("self_changed"), cell("self_unchanged"), cell("orig_changed"), cell("orig_unchanged")])
+    return out + [strata]
+
+
+def summary_markdown(res: dict[str, Any]) -> str:
+    rows = sorted(res["checkpoints"].values(), key=lambda r: r["step"])
     warnings = collapse_warnings(res)
-    lines += ["## Warnings", ""] + ([f"- {w}" for w in warnings] or ["- none"]) + [""]
+    lines = [f"# Run summary: {res.get('name', '')}", "", "**Verdict (last checkpoint)**: " + headline(res).replace("\n", "  \n"), "",
+             "**Warnings**: " + ("; ".join(warnings) if warnings else "none"), "",
+             f"Eval set: {rows[0]['n']} pairs ({res.get('eval_split', '?')}), never used in training. "
+             "Values are point estimates with paired-bootstrap 95% CIs. Terms:", ""]
+    lines += [f"- **{k}**: {v}" for k, v in TERMS.items()] + [""]
+    for t in tables(res):
+        lines += t.markdown()
     return "\n".join(lines)
 
 
@@ -178,25 +222,65 @@ def collapse_warnings(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def provenance_rows(run: Path) -> list[list[str]]:
+    """What the run was made from: code commit, model and its weights hash, data files and their hashes."""
+    rows = [["introspect code (when this report was written)", _commit()]]
+    for rel in ("train/behavior.parquet", "eval/m0_behavior.parquet"):
+        if (run / rel).is_file():
+            meta = read_meta(run / rel)
+            rows.append([f"{rel}: model", f"{meta.get('model_id')} (weights hash {meta.get('weights_hash')})"])
+            rows.append([f"{rel}: pairs", f"{meta.get('n')} {meta.get('task')} pairs, split {meta.get('split')}, seed "
+                         f"{meta.get('seed')}, {meta.get('precision')} (pairs hash {meta.get('pairs_hash')})"])
+            rows += [[f"{rel}: data file", f"{path} ({h})"] for path, h in sorted(meta.get("sources", {}).items())]
+    return rows
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "") if out.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown (git not found)"
+
+
+CSS = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 12px;color:#222}img{max-width:100%}"
+       "table{border-collapse:collapse;margin:6px 0 18px;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;"
+       "text-align:left}th{background:#f3f3f3}.note{font-size:13px;color:#555}.box{padding:10px;border:2px solid;"
+       "margin:10px 0}.valid{border-color:#2a7;background:#efe}.invalid{border-color:#c33;background:#fee}"
+       ".warn{border-color:#c90;background:#ffd}dt{font-weight:bold;float:left;width:9em}dd{margin-left:10em}"
+       "pre{white-space:pre-wrap;font-size:12px;background:#f7f7f7;padding:8px}")
+
+
 def write_report(run: Path) -> Path:
     run = Path(run)
     res = load_results(run)
     figs = figures(run, res)
-    md = summary_markdown(res)
     with atomic_path(run / "summary.md") as tmp:
-        tmp.write_text(md)
-    imgs = "".join(f'<h2>{html.escape(k)}</h2><img alt="{k}" src="data:image/png;base64,'
-                   f'{base64.b64encode(p.read_bytes()).decode()}">' for k, p in figs.items())
+        tmp.write_text(summary_markdown(res))
     last = last_checkpoint(res)
     ok = last["verdict"]["valid"]
-    box = (f"<div class='verdict {'valid' if ok else 'invalid'}'><b>{'Valid' if ok else 'Not a valid'} test of coupling "
-           f"(step {last['step']})</b><br>{html.escape(headline(res)).replace(chr(10), '<br>')}</div>")
-    body = f"<pre>{html.escape(md)}</pre>"
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>introspect report</title>"
-            f"<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}img{{max-width:100%}}"
-            f"pre{{white-space:pre-wrap;font-size:13px}}.verdict{{padding:10px;border:2px solid;margin:10px 0}}"
-            f".valid{{border-color:#2a7;background:#efe}}.invalid{{border-color:#c33;background:#fee}}</style></head><body>"
-            f"<h1>introspect report: {html.escape(str(run))}</h1>{box}{imgs}{body}</body></html>")
+    box = (f"<div class='box verdict {'valid' if ok else 'invalid'}'><b>{'Valid' if ok else 'Not a valid'} test of "
+           f"coupling (step {last['step']})</b><br>{html.escape(headline(res)).replace(chr(10), '<br>')}</div>")
+    warnings = collapse_warnings(res)
+    warn = ("<div class='box warn'><b>Warnings</b><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+            + "</ul></div>") if warnings else ""
+    docs = Path(os.path.relpath(REPO_ROOT / "docs" / "metrics.md", run.resolve())).as_posix()
+    terms = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in TERMS.items())
+    terms += "".join(f"<dt>{m}</dt><dd>{html.escape(DEFINITIONS[m])}</dd>" for m in METRICS)
+    how = (f"<section><h2>How to read this page</h2><dl>{terms}</dl><p class='note'>Full definitions, parsing and the "
+           f"bootstrap: <a href='{docs}'>docs/metrics.md</a>.</p></section>")
+    imgs = "".join(f'<section><h2>{html.escape(k.replace("_", " "))}</h2><img alt="{k}" src="data:image/png;base64,'
+                   f'{base64.b64encode(p.read_bytes()).decode()}"></section>' for k, p in figs.items())
+    config = run / "run_config.json"
+    prov = Table("Provenance", ["what", "value"], provenance_rows(run))
+    details = ("<section><h2>Config and provenance</h2><details><summary>run_config.json, model and data hashes, commit"
+               "</summary>" + (f"<pre>{html.escape(config.read_text())}</pre>" if config.is_file() else "")
+               + prov.html().replace("<h2>Provenance</h2>", "") + "</details></section>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>introspect report: {html.escape(run.name)}</title>"
+            f"<style>{CSS}</style></head><body><h1>introspect report: {html.escape(str(run))}</h1>{box}{warn}{how}{imgs}"
+            + "".join(t.html() for t in tables(res)) + details + "</body></html>")
     with atomic_path(run / "report.html") as tmp:
         tmp.write_text(page)
     return run / "report.html"

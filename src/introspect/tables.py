@@ -71,6 +71,18 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return table.to_pandas(), json.loads(raw)
 
 
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """A table's provenance alone (the Parquet schema metadata), without reading its rows."""
+    path = Path(path)
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    except (OSError, pa.ArrowException) as e:
+        raise UserError(f"{path} is not a readable Parquet file ({e}); delete it and re-run the stage that writes it") from None
+    if raw is None:
+        raise UserError(f"{path} has no introspect metadata: it was not written by introspect")
+    return json.loads(raw)
+
+
 def pairs_from_table(df: pd.DataFrame, task: Task) -> list[Pair]:
     """The pairs a BehaviorTable holds, in its row order."""
     return [Pair(r.pair_id, json.loads(r.messages), json.loads(r.messages_without), r.feature, tuple(task.choices),
