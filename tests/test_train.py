@@ -234,3 +234,45 @@ def test_checkpoint_retention(tables, tmp_path: Path) -> None:
     kept = checkpoints.complete(tmp_path / "checkpoints")
     assert [s for s, _ in kept] == [4, 6]
     assert [(p / checkpoints.STATE).exists() for _, p in kept] == [False, True]  # optimiser state: newest only
+
+
+def test_row_masks_give_each_objective_only_its_pairs(tiny: Loaded, tables) -> None:
+    """kl_rows / concurrent_rows: the KL over the masked-in pairs equals the KL computed on those pairs alone, and
+    the same for sycophancy reduction on its own pairs."""
+    beh, a, b, expl, cids = _encoded(tiny, tables)
+    p, q = np.array(beh["probs"].tolist()), np.array(beh["probs_without"].tolist())
+    cfg = _cfg(tables, Path("unused"), weights=LossWeights(explanation=0.0, behavior_kl=1.0, sycophancy_reduction=1.0))
+    kw = dict(cfg=cfg, choice_ids=cids, pad_id=tiny.tokenizer.pad_token_id)
+    kl, conc = np.array([1, 1, 0, 0, 1, 0], bool), np.array([0, 0, 1, 1, 0, 1], bool)
+    with torch.no_grad():
+        both = S.step_losses(tiny.model, expl=[], with_c=a[:6], without_c=b[:6], p_m0=p[:6], p_m0_without=q[:6],
+                             kl_rows=kl, concurrent_rows=conc, **kw)
+        only = {name: S.step_losses(tiny.model, expl=[], with_c=[a[i] for i in np.flatnonzero(m)],
+                                    without_c=[b[i] for i in np.flatnonzero(m)], p_m0=p[:6][m], p_m0_without=q[:6][m], **kw)
+                for name, m in (("kl", kl), ("conc", conc))}
+    torch.testing.assert_close(both["behavior_kl"], only["kl"]["behavior_kl"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both["sycophancy_reduction"], only["conc"]["sycophancy_reduction"], atol=1e-5, rtol=1e-5)
+    assert not torch.isclose(both["behavior_kl"], only["conc"]["behavior_kl"])  # the masks do select
+
+
+def test_concurrent_objective_never_reads_the_kls_pairs(tables, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    real = T.step_losses
+
+    def spy(model, **kw):
+        seen.append((kw["with_c"], kw["kl_rows"], kw["concurrent_rows"]))
+        return real(model, **kw)
+
+    monkeypatch.setattr(T, "step_losses", spy)
+    cfg = _cfg(tables, tmp_path, steps=4, probe_every=0, concurrent_per_step=2,
+               weights=LossWeights(explanation=1.0, behavior_kl=1.0, sycophancy_reduction=1.0))
+    T.train(cfg)
+    _, x, _, _, _ = _encoded(T.load_model("tiny-random"), tables)
+    pool = {tuple(x[i]) for i in T.concurrent_split(cfg, len(x))}
+    assert len(pool) == 4  # half of the 8 pairs
+    kl_read = {tuple(s) for with_c, kl, _ in seen for s, k in zip(with_c, kl) if k}
+    conc_read = {tuple(s) for with_c, _, c in seen for s, k in zip(with_c, c) if k}
+    assert conc_read and conc_read <= pool and kl_read and not (kl_read & pool)
+    shared = dataclasses.replace(cfg, concurrent_pairs="shared")
+    assert T.concurrent_split(shared, 8) is None
+    assert T.concurrent_split(dataclasses.replace(cfg, weights=LossWeights()), 8) is None  # no concurrent objective

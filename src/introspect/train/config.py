@@ -44,6 +44,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     explanation_per_step: int = 4  # explanation examples in one optimiser step (across all processes)
     behavior_per_step: int = 4  # training pairs in one optimiser step for behaviour losses (x and x∖C each)
+    concurrent_pairs: str = "split"  # split: the concurrent objective (sycophancy_reduction, refusal_tuning) reads its
+    #   own pairs, a fixed seeded share of the training pairs that the KL never reads; shared: both read the same rows
+    concurrent_share: float = 0.5  # with split: the share of training pairs set aside for the concurrent objective
+    concurrent_per_step: int = 4  # with split: concurrent-objective pairs in one optimiser step
     grad_accum: int = 1  # micro-batches per optimiser step (each process)
     pack: bool = True  # run each pair's explanation, x and x∖C as one prefix tree (same losses, fewer tokens)
     rows_per_forward: int = 2  # examples per forward pass, length-sorted (padding costs more than batching saves on CPU)
@@ -71,6 +75,9 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         (cfg.explanation_per_step >= 0 and cfg.behavior_per_step >= 0, "per-step counts must be >= 0"),
         (min(vars(cfg.weights).values()) >= 0, "loss weights must be >= 0"),
         (cfg.grad_accum >= 1, "grad_accum must be >= 1"),
+        (cfg.concurrent_pairs in ("split", "shared"), "concurrent_pairs must be 'split' or 'shared'"),
+        (0 < cfg.concurrent_share < 1 and cfg.concurrent_per_step >= 1,
+         "concurrent_share must be in (0, 1) and concurrent_per_step >= 1"),
         (cfg.rows_per_forward >= 1 and cfg.checkpoint_every >= 1, "rows_per_forward and checkpoint_every must be >= 1"),
         (cfg.keep_checkpoints >= 0, "keep_checkpoints must be >= 0 (0 keeps all)"),
         (0 <= cfg.lora.dropout < 1 and cfg.lora.rank >= 1, "lora.rank must be >= 1 and lora.dropout in [0, 1)"),

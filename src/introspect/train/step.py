@@ -65,13 +65,16 @@ def explanation_item(example: tuple[list[int], list[int]]) -> Item:
 def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int], list[int]]],
                 with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]], p_m0: np.ndarray,
                 p_m0_without: np.ndarray, choice_ids: behavior.Groups, pad_id: int, packed: int = 0,
-                gold: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+                gold: np.ndarray | None = None, kl_rows: np.ndarray | None = None,
+                concurrent_rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """The loss terms for one micro-batch; a term with weight 0 is not computed (no forward, no gradient).
 
     The first `packed` explanation examples are of the same pairs as the first `packed` behaviour pairs: each such
     pair's explanation example, x and x∖C run as one prefix tree (`tree_terms`); the remaining explanation examples
     run alone, the remaining pairs as an (x, x∖C) tree (or apart with `pack: false`). Rows go through the model
     `cfg.rows_per_forward` at a time, length-sorted: on CPU padding costs more than batching saves.
+    `kl_rows` / `concurrent_rows` (bool per behaviour pair, default all) say which pairs the regulariser and the
+    concurrent objective (sycophancy reduction, refusal tuning) read: disjoint when `concurrent_pairs: split`.
     """
     w = cfg.weights
     want_expl = w.explanation > 0 and len(expl) > 0
@@ -107,13 +110,20 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
     if want_beh:
         logp = torch.stack([rows[i, side] for i in range(len(with_c)) for side in (0, 1)])  # rows 2i: x, 2i+1: x∖C
         ref = torch.tensor(np.stack([p_m0, p_m0_without], axis=1).reshape(len(logp), -1), dtype=torch.float32)
+        every = np.ones(len(with_c), dtype=bool)
+        kl = torch.as_tensor(np.repeat(every if kl_rows is None else kl_rows, 2))  # per row: pair's x and x∖C alike
+        conc = every if concurrent_rows is None else np.asarray(concurrent_rows, dtype=bool)
         if w.behavior_kl > 0:
-            losses["behavior_kl"] = objectives.behavior_kl(logp=logp, p_m0=ref)
+            losses["behavior_kl"] = objectives.behavior_kl(logp=logp[kl], p_m0=ref[kl]) if kl.any() else logp.sum() * 0
         if w.sycophancy_reduction > 0:
-            losses["sycophancy_reduction"] = objectives.sycophancy_reduction(logp_hinted=logp[0::2], p_no_hint=ref[1::2])
+            c = torch.as_tensor(conc)
+            losses["sycophancy_reduction"] = (objectives.sycophancy_reduction(logp_hinted=logp[0::2][c], p_no_hint=ref[1::2][c])
+                                              if conc.any() else logp.sum() * 0)
         if w.refusal_tuning > 0:
-            if gold is None or (gold < 0).any():
+            if gold is None or (gold[conc] < 0).any():
                 raise UserError("refusal_tuning needs a gold behaviour for every training pair (the refusal task has one)")
-            target = torch.tensor(np.repeat(gold, 2), dtype=torch.long)  # x and x∖C rows alike
-            losses["refusal_tuning"] = objectives.refusal_tuning(logp=logp, target=target)
+            c2 = torch.as_tensor(np.repeat(conc, 2))
+            target = torch.tensor(np.repeat(gold[conc], 2), dtype=torch.long)  # x and x∖C rows alike
+            losses["refusal_tuning"] = (objectives.refusal_tuning(logp=logp[c2], target=target)
+                                        if conc.any() else logp.sum() * 0)
     return losses

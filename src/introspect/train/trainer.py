@@ -56,6 +56,18 @@ def draw(seed: int, step: int, n: int, k_expl: int, k_pairs: int,
     return e_idx, np.concatenate([e_idx[:k_pairs], extra]).astype(int)
 
 
+def concurrent_split(cfg: TrainConfig, n: int) -> np.ndarray | None:
+    """With a concurrent objective and `concurrent_pairs: split`: the training pairs set aside for it (a fixed
+    seeded share, never read by the KL); None when both objectives read the same rows."""
+    if cfg.concurrent_pairs != "split" or not (cfg.weights.sycophancy_reduction or cfg.weights.refusal_tuning):
+        return None
+    k = round(n * cfg.concurrent_share)
+    if not 0 < k < n:
+        raise UserError(f"config key concurrent_share={cfg.concurrent_share} leaves {k} of {n} training pairs for the "
+                        f"concurrent objective: it needs at least one, and the KL at least one")
+    return np.sort(np.random.default_rng([cfg.seed, 1]).permutation(n)[:k])
+
+
 def probe(model: Any, tok: Any, task: Any, pairs: list[Pair], m0: Any, labels: Any, precision: str,
           verify_margin: float) -> dict[str, float]:
     """Re-sample B(M_t) on the probe pairs: drift from M0 and agreement of the fixed labels with current behaviour."""
@@ -124,7 +136,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         raise UserError(f"config key model is {cfg.model!r} but {cfg.behavior} holds B({beh_meta['model_id']}): "
                         f"the regulariser needs M0's own behaviour")
     world, rank = acc.num_processes, acc.process_index
-    for key in ("explanation_per_step", "behavior_per_step"):
+    for key in ("explanation_per_step", "behavior_per_step", "concurrent_per_step"):
         if getattr(cfg, key) % (world * cfg.grad_accum):
             raise UserError(f"config key {key}={getattr(cfg, key)} must divide by processes x grad_accum = {world * cfg.grad_accum}")
     wanted = train_inputs(cfg)
@@ -141,6 +153,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     strata = [np.flatnonzero(changed), np.flatnonzero(~changed)] if cfg.balance_explanations else None
     if strata and not all(len(s) for s in strata):
         raise UserError(f"config key balance_explanations: {cfg.labels} has no {'changed' if not len(strata[0]) else 'unchanged'} labels")
+
+    conc_pool = concurrent_split(cfg, len(pairs))
+    in_kl = np.ones(len(pairs), dtype=bool)
+    if conc_pool is not None:
+        in_kl[conc_pool] = False
+        say(f"[train] concurrent objective on {len(conc_pool)} pairs set aside, the KL on the other {int(in_kl.sum())} "
+            f"(concurrent_pairs: split)")
 
     model = wrap(loaded.model, cfg)
     model.train()
@@ -171,22 +190,29 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     for step in bar:
         t0 = time.time()
         e_idx, p_idx = draw(cfg.seed, step, len(pairs), cfg.explanation_per_step, cfg.behavior_per_step, strata)
-        e_idx, p_idx = e_idx[rank::world], p_idx[rank::world]
+        c_idx = (np.random.default_rng([cfg.seed, step, 1]).choice(conc_pool, cfg.concurrent_per_step)
+                 if conc_pool is not None else np.zeros(0, dtype=int))
+        e_idx, p_idx, c_idx = e_idx[rank::world], p_idx[rank::world], c_idx[rank::world]
         totals: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
             e_mb, p_mb = e_idx[micro::cfg.grad_accum], p_idx[micro::cfg.grad_accum]
+            c_mb = c_idx[micro::cfg.grad_accum]
+            b_mb = np.concatenate([p_mb, c_mb]).astype(int)  # the KL's pairs, then the concurrent objective's own
+            split_rows = conc_pool is not None
             sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext()
             with sync, behavior.autocast(cfg.precision):
-                losses = step_losses(model, cfg=cfg, expl=[expl[i] for i in e_mb], with_c=[with_c[i] for i in p_mb],
-                                     without_c=[without_c[i] for i in p_mb], p_m0=p_m0[p_mb],
-                                     p_m0_without=p_m0_without[p_mb], choice_ids=choice_ids, pad_id=tok.pad_token_id,
+                losses = step_losses(model, cfg=cfg, expl=[expl[i] for i in e_mb], with_c=[with_c[i] for i in b_mb],
+                                     without_c=[without_c[i] for i in b_mb], p_m0=p_m0[b_mb],
+                                     p_m0_without=p_m0_without[b_mb], choice_ids=choice_ids, pad_id=tok.pad_token_id,
                                      packed=min(len(e_mb), len(p_mb)) if cfg.pack else 0,  # draw() aligns them
-                                     gold=gold[p_mb])
+                                     gold=gold[b_mb],
+                                     kl_rows=np.r_[in_kl[p_mb], np.zeros(len(c_mb), bool)] if split_rows else None,
+                                     concurrent_rows=np.r_[np.zeros(len(p_mb), bool), np.ones(len(c_mb), bool)] if split_rows else None)
                 loss = sum(getattr(cfg.weights, k) * v for k, v in losses.items()) / cfg.grad_accum
                 acc.backward(loss)
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-            tokens_seen += sum(len(expl[i][0]) for i in e_mb) + sum(len(with_c[i]) + len(without_c[i]) for i in p_mb)
+            tokens_seen += sum(len(expl[i][0]) for i in e_mb) + sum(len(with_c[i]) + len(without_c[i]) for i in b_mb)
         grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
         opt.step()
         sched.step()
