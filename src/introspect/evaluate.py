@@ -55,13 +55,17 @@ def explanation_prompts(task: Task, pairs: Sequence[Pair]) -> list[list[dict[str
 
 
 def compare(texts: Sequence[str], beh: pd.DataFrame, m0_beh: pd.DataFrame, choices: Sequence[str], *,
-            seed: int, n_boot: int, orig_beh: pd.DataFrame | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+            seed: int, n_boot: int, orig_beh: pd.DataFrame | None = None,
+            orig_labels: pd.DataFrame | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
     """Score explanations against E(M_t) (Self, from `beh`) and the fixed labels (Orig), same items, same resamples.
 
     Orig is E(M0) from `m0_beh`, or E(label model) from `orig_beh` when the training labels came from another
-    model (cross-family). Drift is always measured against M0's own behaviour.
+    model (cross-family), or `orig_labels` (pair_id, changed, letter) as given (the audit ledger's frozen labels).
+    Drift is always measured against M0's own behaviour.
     """
-    e_self, e_orig = label_frame(beh), label_frame(m0_beh if orig_beh is None else orig_beh)
+    e_self = label_frame(beh)
+    e_orig = orig_labels[["pair_id", "changed", "letter"]].reset_index(drop=True) if orig_labels is not None else \
+        label_frame(m0_beh if orig_beh is None else orig_beh)
     self_items = metrics.items(texts, e_self["changed"], e_self["letter"], choices)
     orig_items = metrics.items(texts, e_orig["changed"], e_orig["letter"], choices)
     differs = ~agreement(e_self, e_orig)
@@ -100,7 +104,7 @@ def compare(texts: Sequence[str], beh: pd.DataFrame, m0_beh: pd.DataFrame, choic
 def evaluate_one(model: Any, tok: Any, task: Task, pairs: Sequence[Pair], m0_beh: pd.DataFrame, *, seed: int,
                  n_boot: int, precision: str, verify_margin: float, batch_size: int = 16, max_new_tokens: int = 40,
                  beh: pd.DataFrame | None = None, orig_beh: pd.DataFrame | None = None,
-                 label: str = "M0") -> tuple[dict[str, Any], pd.DataFrame]:
+                 orig_labels: pd.DataFrame | None = None, label: str = "M0") -> tuple[dict[str, Any], pd.DataFrame]:
     """Generate explanations, re-sample B(M_t) (unless `beh` is given: M0's is already known), and compare."""
     t0 = time.time()
     texts = generate(model, tok, explanation_prompts(task, pairs), precision=precision, batch_size=batch_size,
@@ -108,7 +112,8 @@ def evaluate_one(model: Any, tok: Any, task: Task, pairs: Sequence[Pair], m0_beh
     if beh is None:
         beh, _ = behavior.sample_behavior(model, tok, task, pairs, precision=precision, verify_margin=verify_margin,
                                           progress=True, desc=f"re-sampling behaviour on x and x∖C ({label})")
-    result, per_item = compare(texts, beh, m0_beh, task.choices, seed=seed, n_boot=n_boot, orig_beh=orig_beh)
+    result, per_item = compare(texts, beh, m0_beh, task.choices, seed=seed, n_boot=n_boot, orig_beh=orig_beh,
+                               orig_labels=orig_labels)
     result["seconds"] = round(time.time() - t0, 1)
     return result, per_item
 

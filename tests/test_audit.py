@@ -1,0 +1,129 @@
+"""The audit ledger on the tiny model: init / add / show / diff round trip, tamper detection, two concurrent writers,
+clear errors on another set or a corrupt file."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from introspect import audit, behavior, cli, labels, ledger
+from introspect import tables as tbl
+from introspect.config import UserError
+from introspect.models import Loaded
+from introspect.tasks import get_task
+from introspect.train import LossWeights, TrainConfig
+from introspect.train import trainer as T
+
+
+@pytest.fixture(scope="module")
+def frozen(tiny: Loaded, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A frozen set of 8 pairs (M0 = tiny-random, its own labels) and one trained checkpoint of it."""
+    out = tmp_path_factory.mktemp("audit")
+    task = get_task("hint-mmlu")
+    pairs = task.pairs(data_dir, "val", 8, seed=0)
+    df, _ = behavior.sample_behavior(tiny.model, tiny.tokenizer, task, pairs, precision="fp32", progress=False)
+    meta = tbl.table_meta(model_id="tiny-random", weights_hash=tiny.weights_hash, task=task, pairs=pairs, seed=0,
+                          split="val", precision="fp32", verify_margin=0.0)
+    tbl.write_table(out / "behavior.parquet", df, meta)
+    tbl.write_table(out / "labels.parquet", labels.make_labels(df, task), meta)
+    cfg = TrainConfig(behavior=str(out / "behavior.parquet"), labels=str(out / "labels.parquet"), out_dir=str(out / "run"),
+                      model="tiny-random", steps=3, lr=5e-2, warmup_steps=0, schedule="constant", checkpoint_every=3,
+                      probe_every=0, precision="fp32", weights=LossWeights(explanation=1.0, behavior_kl=0.0))
+    T.train(cfg)
+    return {"pairs": out / "behavior.parquet", "labels": out / "labels.parquet",
+            "checkpoint": out / "run" / "checkpoints" / "step_000003", "dir": out}
+
+
+def _add(path: Path, model: str, tag: str) -> None:
+    assert cli.main(["audit", "add", str(path), model, "--tag", tag, "--precision", "fp32", "--n-boot", "50",
+                     "--max-new-tokens", "8"]) == 0
+
+
+def test_init_add_show_diff_round_trip(frozen, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "ledger.sqlite"
+    assert cli.main(["audit", "init", str(path), "--pairs", str(frozen["pairs"]), "--labels", str(frozen["labels"])]) == 0
+    _add(path, "tiny-random", "m0")
+    _add(path, str(frozen["checkpoint"]), "v2")
+    capsys.readouterr()
+    assert cli.main(["audit", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| m0 |" in out and "| v2 |" in out and "hash chain verified" in out
+    assert path.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    with ledger.connect(path) as con:
+        rows = ledger.versions(con)
+        assert [r["tag"] for r in rows] == ["m0", "v2"] and rows[1]["prev_hash"] == rows[0]["row_hash"]
+        assert rows[0]["agreement"] == 1.0 and rows[0]["drift"] == 0.0  # M0 against its own labels
+        assert rows[0]["model_hash"] != rows[1]["model_hash"]
+        assert len(ledger.verdicts(con, rows[1]["id"])) == 8
+    counts = audit.diff(path, "m0", "v2", tmp_path / "diff.csv")
+    with open(tmp_path / "diff.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 8 and list(table[0])[:2] == ["pair_id", "answer_m0"]
+    assert sum(int(r["behaviour_changed"]) for r in table) == counts["behaviour_changed"]
+    assert counts["items"] == 8 and 0 <= counts["explanation_followed"] <= counts["behaviour_changed"] <= 8
+    # init again with the same set: nothing changes; with another set: a clear error, exit 2
+    assert cli.main(["audit", "init", str(path), "--pairs", str(frozen["pairs"]), "--labels", str(frozen["labels"])]) == 0
+    noisy = tmp_path / "noisy.parquet"
+    lab, meta = tbl.read_table(frozen["labels"])
+    tbl.write_table(noisy, labels.add_noise(lab, 0.5, 0, ["A", "B", "C", "D"]), meta)
+    capsys.readouterr()
+    assert cli.main(["audit", "init", str(path), "--pairs", str(frozen["pairs"]), "--labels", str(noisy)]) == 2
+    assert "already freezes another explanation set" in capsys.readouterr().err
+    assert cli.main(["audit", "diff", str(path), "m0", "v9"]) == 2
+    with pytest.raises(UserError, match="already has a version tagged 'v2'"):
+        audit.add(path, "tiny-random", tag="v2", precision="fp32", n_boot=10, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("edit", [
+    "UPDATE versions SET self_em = 0.99 WHERE tag = 'm0'",
+    "UPDATE verdicts SET self_ok = 1 - self_ok WHERE idx = 3",
+    "DELETE FROM versions WHERE tag = 'm0'",
+    "UPDATE items SET letter = 'D' WHERE idx = 0",
+])
+def test_tampering_is_detected(frozen, tmp_path: Path, edit: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "ledger.sqlite"
+    audit.init(path, frozen["pairs"], frozen["labels"])
+    _add(path, "tiny-random", "m0")
+    _add(path, "tiny-random", "m0-again")
+    assert audit.verify(path) == 2
+    con = sqlite3.connect(path)
+    con.execute(edit)
+    con.commit()
+    con.close()
+    capsys.readouterr()
+    assert cli.main(["audit", "verify", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "tamper check failed" in err or "modified after `audit init`" in err
+
+
+def test_two_concurrent_adds_both_land(frozen, tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    audit.init(path, frozen["pairs"], frozen["labels"])
+    cmd = [sys.executable, "-m", "introspect.cli", "audit", "add", str(path), "--precision", "fp32", "--n-boot", "20",
+           "--max-new-tokens", "6"]
+    procs = [subprocess.Popen([*cmd, model, "--tag", tag], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for model, tag in (("tiny-random", "a"), (str(frozen["checkpoint"]), "b"))]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    assert audit.verify(path) == 2
+    with ledger.connect(path) as con:
+        assert sorted(r["tag"] for r in ledger.versions(con)) == ["a", "b"]
+
+
+def test_corrupt_or_foreign_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    assert cli.main(["audit", "show", str(junk)]) == 2
+    assert "not a readable audit ledger" in capsys.readouterr().err
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    assert cli.main(["audit", "verify", str(other)]) == 2
+    assert "not an introspect audit ledger" in capsys.readouterr().err
+    assert cli.main(["audit", "show", str(tmp_path / "missing.sqlite")]) == 2
+    assert "audit init" in capsys.readouterr().err
