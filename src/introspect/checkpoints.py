@@ -135,6 +135,42 @@ def applied(base: Any, path: Path | None, finetune: str) -> Iterator[Any]:
     yield AutoModelForCausalLM.from_pretrained(path).eval()
 
 
+def snapshot(model: Any, opt: Any, sched: Any, finetune: str) -> dict[str, Any]:
+    """An in-memory copy of the trainable weights and the optimiser and scheduler states (the coupling monitor's last
+    good state, restored by `restore` on rollback)."""
+    import copy
+
+    if finetune == "lora":
+        from peft import get_peft_model_state_dict
+
+        weights = get_peft_model_state_dict(model)
+    else:
+        weights = model.state_dict()
+    return {"weights": {k: v.detach().clone() for k, v in weights.items()},
+            "optimizer": copy.deepcopy(opt.state_dict()), "scheduler": copy.deepcopy(sched.state_dict())}
+
+
+def restore(model: Any, opt: Any, sched: Any, snap: dict[str, Any], finetune: str) -> None:
+    import copy
+
+    if finetune == "lora":
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, snap["weights"])
+    else:
+        model.load_state_dict(snap["weights"])
+    opt.load_state_dict(copy.deepcopy(snap["optimizer"]))
+    sched.load_state_dict(copy.deepcopy(snap["scheduler"]))
+
+
+def remove_after(ckdir: Path, step: int) -> list[int]:
+    """Delete the complete checkpoints later than `step` (a rolled-back or stopped branch); their steps."""
+    gone = [s for s, p in complete(ckdir) if s > step]
+    for s in gone:
+        shutil.rmtree(Path(ckdir) / f"step_{s:06d}")
+    return gone
+
+
 def clean_tmp(root: Path) -> list[Path]:
     """Remove what killed writes left under `root` (`.NAME.*.tmp` files, `.step_*.tmp` directories)."""
     gone = []

@@ -105,6 +105,10 @@ def stage_train(cfg: RunConfig) -> None:
 
     tc = cfg.train_config()
     ckdir = cfg.path("train", "checkpoints")
+    stopped = cfg.path("train", "monitor_stop.json")
+    if stopped.is_file() and json.loads(stopped.read_text()).get("inputs") == train_inputs(tc):
+        print(f"[train] the coupling monitor stopped this run at step {json.loads(stopped.read_text())['step']}: skip")
+        return
     done = complete(ckdir)
     if done:
         wanted = train_inputs(tc)
@@ -143,6 +147,11 @@ def run(cfg: RunConfig) -> Path:
         progress.start("sample")
         source = stage_sample(model_name=cfg.model, out=cfg.path("train", "behavior.parquet"), **common)
         progress.done("sample", prompts=2 * max(cfg.train_n, cfg.selection.pool) if written_since(source, t0) else 0)
+        if cfg.monitor_sampled():
+            n_mon = cfg.train_config().monitor.n
+            stage_sample(model_name=cfg.model, out=cfg.path("train", "monitor_behavior.parquet"),
+                         **{**common, "split": cfg.monitor_split, "n": n_mon, "pool": max(4 * n_mon, n_mon)},
+                         stage="sample monitor pairs")
         if cfg.label_model:
             progress.start("sample label model")
             source = stage_sample(model_name=cfg.label_model, out=cfg.path("train", f"behavior_{cfg.label_model}.parquet"),

@@ -56,6 +56,7 @@ class RunConfig:
     verify_margin: float = VERIFY_MARGIN  # bf16 near-ties closer than this (nats) are re-scored in fp32; 0 = off
     selection: Selection = field(default_factory=Selection)  # applied to the training pairs and the eval pairs
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys; paths, model, seed, precision filled in
+    monitor_split: str = ""  # with train.monitor.every > 0: the held-out split the monitor's pairs are sampled from
     evaluate: EvalConfig = field(default_factory=EvalConfig)
 
     def path(self, *parts: str) -> Path:
@@ -68,7 +69,16 @@ class RunConfig:
         clash = sorted(set(fixed) & set(self.train))
         if clash:
             raise UserError(f"config key train.{clash[0]} is set by the run (remove it from the train section)")
-        return validate(build(TrainConfig, {**self.train, **fixed}, where, prefix="train."), f"{where}: config key train")
+        section = dict(self.train)
+        monitor = dict(section.get("monitor") or {})
+        if monitor.get("every") and not monitor.get("pairs"):  # sampled by the run from monitor_split
+            section["monitor"] = {**monitor, "pairs": str(self.path("train", "monitor_behavior.parquet"))}
+        return validate(build(TrainConfig, {**section, **fixed}, where, prefix="train."), f"{where}: config key train")
+
+    def monitor_sampled(self) -> bool:
+        """Whether the run samples the coupling monitor's pairs itself (monitor on, no monitor.pairs given)."""
+        monitor = self.train.get("monitor") or {}
+        return bool(monitor.get("every")) and not monitor.get("pairs")
 
 
 def validate_run(cfg: RunConfig, where: str) -> RunConfig:
@@ -88,6 +98,9 @@ def validate_run(cfg: RunConfig, where: str) -> RunConfig:
     for ok, msg in checks:
         if not ok:
             raise UserError(f"{where}: {msg}")
+    if cfg.monitor_sampled() and not cfg.monitor_split:
+        raise UserError(f"{where}: config key train.monitor.every > 0 needs monitor_split (a held-out split, e.g. dev, "
+                        f"to sample the monitor's pairs from) or train.monitor.pairs")
     cfg.train_config(where)  # the train section is checked now, not after sampling
     return cfg
 

@@ -1,6 +1,6 @@
 """Coupling training (explanation SFT + behavioural regulariser + concurrent objectives)."""
 
-from .config import LoraSpec, LossWeights, TrainConfig, load_config
+from .config import LoraSpec, LossWeights, MonitorSpec, TrainConfig, load_config
 from .trainer import train
 
-__all__ = ["LoraSpec", "LossWeights", "TrainConfig", "load_config", "train"]
+__all__ = ["LoraSpec", "LossWeights", "MonitorSpec", "TrainConfig", "load_config", "train"]

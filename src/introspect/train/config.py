@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import VERIFY_MARGIN, UserError, read_yaml
 from ..typed import apply_overrides, build, to_dict
 
-__all__ = ["LoraSpec", "LossWeights", "TrainConfig", "load_config", "to_dict", "validate"]
+__all__ = ["LoraSpec", "LossWeights", "MonitorSpec", "TrainConfig", "load_config", "to_dict", "validate"]
 
 
 @dataclass
@@ -27,6 +27,25 @@ class LoraSpec:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class MonitorSpec:
+    """The coupling monitor (docs/training.md#coupling-monitor): every `every` steps, on held-out pairs."""
+
+    every: int = 0  # steps between checks (0 = off); the last step is always checked
+    pairs: str = ""  # M0's BehaviorTable on held-out pairs, never training pairs (`introspect run`: monitor_split)
+    n: int = 32  # the first n of those pairs
+    policy: str = "warn"  # warn | stop | rollback | adapt
+    min_agreement: float = 0.70  # the coupling condition: fixed labels agree with current behaviour on this share
+    lr_factor: float = 0.5  # rollback: lr x this
+    lambda_factor: float = 2.0  # rollback: λ x this; adapt: λ x this when agreement < min_agreement
+    lambda_floor: float = 0.1  # adapt/rollback from λ = 0 start here
+    lambda_down: float = 0.8  # adapt: λ x this when the explanation loss stalls while agreement holds
+    stall_checks: int = 2  # adapt: stalled = the explanation loss fell by less than stall_tol over this many checks
+    stall_tol: float = 0.05  # relative
+    max_rollbacks: int = 3  # rollback: after this many, stop instead
+    max_new_tokens: int = 24  # explanation length at checks
 
 
 @dataclass
@@ -62,6 +81,7 @@ class TrainConfig:
     probe_every: int = 25  # steps between behaviour probes (0 = off)
     probe_pairs: int = 32  # the first N training pairs, re-sampled at every probe
     agreement_warn: float = 0.7  # warn when fixed labels agree with current behaviour less than this
+    monitor: MonitorSpec = field(default_factory=MonitorSpec)  # coupling monitor on held-out pairs (acts; off by default)
     max_length: int = 1024  # explanation examples longer than this (tokens) are an error
 
 
@@ -81,6 +101,11 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         (cfg.rows_per_forward >= 1 and cfg.checkpoint_every >= 1, "rows_per_forward and checkpoint_every must be >= 1"),
         (cfg.keep_checkpoints >= 0, "keep_checkpoints must be >= 0 (0 keeps all)"),
         (0 <= cfg.lora.dropout < 1 and cfg.lora.rank >= 1, "lora.rank must be >= 1 and lora.dropout in [0, 1)"),
+        (cfg.monitor.policy in ("warn", "stop", "rollback", "adapt"), "monitor.policy must be warn, stop, rollback or adapt"),
+        (cfg.monitor.every >= 0 and cfg.monitor.n >= 1 and cfg.monitor.max_rollbacks >= 0, "monitor.every must be >= 0, "
+         "monitor.n >= 1 and monitor.max_rollbacks >= 0"),
+        (not cfg.monitor.every or cfg.monitor.pairs, "monitor.every > 0 needs monitor.pairs (M0's BehaviorTable on held-out "
+         "pairs; in a run config: monitor_split)"),
     ]
     for ok, msg in checks:
         if not ok:

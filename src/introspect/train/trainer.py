@@ -10,6 +10,7 @@ A step's draw depends only on (seed, step), so a resumed run sees exactly the ba
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ from ..models import load_model, peft_deprecation_silenced
 from ..tables import pairs_from_table, read_table, task_of
 from ..tasks import Pair
 from .config import TrainConfig, to_dict
+from .monitor import CouplingMonitor
 from .step import encode_explanations, step_losses
 
 KILL_ENV = "INTROSPECT_KILL_AFTER_STEP"  # tests: SIGKILL this process right after the given optimiser step
@@ -80,8 +82,9 @@ def probe(model: Any, tok: Any, task: Any, pairs: list[Pair], m0: Any, labels: A
 def train_inputs(cfg: TrainConfig) -> dict[str, str]:
     """What a training run is made from: its config (paths aside) and the inputs of its two tables."""
     conf = {k: v for k, v in to_dict(cfg).items() if k not in ("behavior", "labels", "out_dir", "keep_checkpoints")}
-    return provenance.inputs(config=conf, behavior=provenance.stored_inputs(Path(cfg.behavior)) or read_table(cfg.behavior)[1],
-                             labels=provenance.stored_inputs(Path(cfg.labels)) or read_table(cfg.labels)[1])
+    conf["monitor"] = {k: v for k, v in conf["monitor"].items() if k != "pairs"}  # a path: its table's inputs below
+    tables = {"behavior": cfg.behavior, "labels": cfg.labels, **({"monitor_pairs": cfg.monitor.pairs} if cfg.monitor.every else {})}
+    return provenance.inputs(config=conf, **{k: provenance.stored_inputs(Path(p)) or read_table(p)[1] for k, p in tables.items()})
 
 
 def wrap(model: Any, cfg: TrainConfig) -> Any:
@@ -172,9 +175,20 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
 
     start = 0
     metrics_path = out / "metrics.jsonl"
+    stop_path = out / "monitor_stop.json"
+    mon = CouplingMonitor(cfg, tok, task, {p.id for p in pairs}, say) if cfg.monitor.every else None
     if start_from is not None:
         start = checkpoints.load_into(acc.unwrap_model(model), opt, sched, start_from, cfg.finetune)
         say(f"[train] resumed from {start_from} (step {start})")
+        if mon:
+            mon.load_state(checkpoints.meta(start_from).get("monitor_state"))
+        if stop_path.is_file() and json.loads(stop_path.read_text()).get("inputs") == wanted:
+            say(f"[train] the coupling monitor stopped this run: {json.loads(stop_path.read_text())['why']}; nothing to do")
+            return
+    stop_path.unlink(missing_ok=True)
+    weights = dataclasses.replace(cfg.weights, behavior_kl=mon.lam if mon else cfg.weights.behavior_kl)
+    if mon:
+        mon.remember(start, acc.unwrap_model(model), opt, sched)  # M0 (or the resumed state) meets the condition
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
@@ -185,10 +199,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     n_probe = min(cfg.probe_pairs, len(pairs))
     kill_at = int(os.environ.get(KILL_ENV, "0"))
     t_start, tokens_seen = time.time(), 0
-    bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, desc="training", unit="step",
-               disable=not acc.is_main_process)
-    for step in bar:
+    bar = tqdm(initial=start, total=cfg.steps, desc="training", unit="step", disable=not acc.is_main_process)
+    step = start
+    while step < cfg.steps:
+        step += 1
+        bar.update(1)
         t0 = time.time()
+        step_cfg = dataclasses.replace(cfg, weights=weights)  # λ may move under the monitor's adapt/rollback policies
         e_idx, p_idx = draw(cfg.seed, step, len(pairs), cfg.explanation_per_step, cfg.behavior_per_step, strata)
         c_idx = (np.random.default_rng([cfg.seed, step, 1]).choice(conc_pool, cfg.concurrent_per_step)
                  if conc_pool is not None else np.zeros(0, dtype=int))
@@ -201,14 +218,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
             split_rows = conc_pool is not None
             sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext()
             with sync, behavior.autocast(cfg.precision):
-                losses = step_losses(model, cfg=cfg, expl=[expl[i] for i in e_mb], with_c=[with_c[i] for i in b_mb],
+                losses = step_losses(model, cfg=step_cfg, expl=[expl[i] for i in e_mb], with_c=[with_c[i] for i in b_mb],
                                      without_c=[without_c[i] for i in b_mb], p_m0=p_m0[b_mb],
                                      p_m0_without=p_m0_without[b_mb], choice_ids=choice_ids, pad_id=tok.pad_token_id,
                                      packed=min(len(e_mb), len(p_mb)) if cfg.pack else 0,  # draw() aligns them
                                      gold=gold[b_mb],
                                      kl_rows=np.r_[in_kl[p_mb], np.zeros(len(c_mb), bool)] if split_rows else None,
                                      concurrent_rows=np.r_[np.zeros(len(p_mb), bool), np.ones(len(c_mb), bool)] if split_rows else None)
-                loss = sum(getattr(cfg.weights, k) * v for k, v in losses.items()) / cfg.grad_accum
+                loss = sum(getattr(weights, k) * v for k, v in losses.items()) / cfg.grad_accum
                 acc.backward(loss)
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
@@ -219,7 +236,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         opt.zero_grad(set_to_none=True)
 
         logged = {k: float(acc.reduce(torch.tensor(v), reduction="mean")) for k, v in sorted(totals.items())}
-        row: dict[str, Any] = {"step": step, **logged, "total": sum(getattr(cfg.weights, k) * v for k, v in logged.items()),
+        row: dict[str, Any] = {"step": step, **logged, "total": sum(getattr(weights, k) * v for k, v in logged.items()),
                                "grad_norm": round(grad_norm, 4), "lr": sched.get_last_lr()[0],
                                "sec_per_step": round(time.time() - t0, 3),
                                "tokens_per_s": round(tokens_seen * world / (time.time() - t_start), 1)}
@@ -232,6 +249,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                         f"of probe pairs, below agreement_warn={cfg.agreement_warn:.0%}: coupling may not hold")
             acc.wait_for_everyone()
             model.train()
+        decision = None
+        if mon and mon.due(step, cfg.steps):
+            row["monitor"], decision = mon.check(step, acc.unwrap_model(model), logged.get("explanation"))
+            row["monitor_decision"] = decision.record(step, cfg.monitor.policy)
+            weights = dataclasses.replace(weights, behavior_kl=decision.lam)
+            if decision.action in ("ok", "lower_lambda"):  # the condition holds here: the state to stop at / roll back to
+                mon.remember(step, acc.unwrap_model(model), opt, sched)
         if acc.is_main_process:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -240,15 +264,38 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                 say(f"[train] step {step}/{cfg.steps} " + " ".join(f"{k} {v:.4f}" for k, v in logged.items())
                     + f" | {row['sec_per_step']:.2f}s/step {row['tokens_per_s']:.0f} tok/s"
                     + (f" | drift {row['drift']:.2f} agreement {row['agreement']:.2f}" if "agreement" in row else ""))
+        info = {"step": step, "config": to_dict(cfg), "losses": logged, "inputs": wanted, "model_id": cfg.model,
+                "task": beh_meta["task"], "task_options": beh_meta["task_options"],
+                "monitor_state": mon.state() if mon else None}
+        if decision and decision.action in ("stop", "rollback"):
+            good = mon.good[0]
+            if decision.action == "stop":
+                mon.roll_back(acc.unwrap_model(model), opt, sched, 1.0)  # the weights of the last state that met it
+                if acc.is_main_process:
+                    gone = checkpoints.remove_after(ckdir, good)
+                    if good and not (ckdir / f"step_{good:06d}" / "meta.json").is_file():
+                        checkpoints.save(acc.unwrap_model(model), opt, sched, ckdir, good, {**info, "step": good})
+                    kept = f"step {good}" if good else "M0 (no checkpoint met the condition)"
+                    stop_path.write_text(json.dumps({"step": step, "kept": good, "why": decision.why, "inputs": wanted}))
+                    say(f"[monitor] stopped at step {step}: {decision.why}; kept {kept}"
+                        + (f", removed checkpoints {gone}" if gone else ""))
+                break
+            step = mon.roll_back(acc.unwrap_model(model), opt, sched, decision.lr_scale)
+            if acc.is_main_process:
+                gone = checkpoints.remove_after(ckdir, step)
+                say(f"[monitor] rolled back to step {step} (rollback {mon.rollbacks}): lr x{mon.lr_scale:g}, λ {mon.lam:g}"
+                    + (f"; removed checkpoints {gone}" if gone else ""))
+            bar.n = step
+            bar.refresh()
+            continue
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             if acc.is_main_process:
-                info = {"step": step, "config": to_dict(cfg), "losses": logged, "inputs": wanted,
-                        "model_id": cfg.model, "task": beh_meta["task"], "task_options": beh_meta["task_options"]}
                 path = checkpoints.save(acc.unwrap_model(model), opt, sched, ckdir, step, info)
                 size = checkpoints.prune(ckdir, cfg.keep_checkpoints)
                 say(f"[train] saved {path} (checkpoints now {size / 1e6:.0f} MB)")
             acc.wait_for_everyone()
         if kill_at and step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-    say(f"[train] done: {cfg.steps} steps in {time.time() - t_start:.0f}s; checkpoints in {ckdir}, metrics in {metrics_path}")
+    bar.close()
+    say(f"[train] done: {step} steps in {time.time() - t_start:.0f}s; checkpoints in {ckdir}, metrics in {metrics_path}")
     return out
