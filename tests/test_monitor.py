@@ -134,3 +134,32 @@ def test_monitor_pairs_must_be_held_out(tables, tmp_path: Path) -> None:
     cfg.monitor.pairs = tables["behavior"]  # the training pairs themselves
     with pytest.raises(UserError, match="monitor pair\\(s\\) are training pairs"):
         T.train(cfg)
+
+
+def test_run_samples_monitor_pairs_and_reports_decisions(tmp_path: Path) -> None:
+    import yaml
+
+    from conftest import DEV, write_mmlu
+    from introspect.pipeline import run
+    from introspect.run_config import load_run_config
+
+    data = write_mmlu(tmp_path / "data")
+    write_mmlu(data, "dev", DEV)
+    write_mmlu(data, "test", {"misc": [[f"Test question {i}?", "a", "b", "c", "d", "ABCD"[i % 4]] for i in range(6)]})
+    cfg = {"run_dir": str(tmp_path / "run"), "model": "tiny-random", "data_root": str(data), "train_split": "val",
+           "train_n": 8, "precision": "fp32", "monitor_split": "dev",
+           "train": {"steps": 4, "checkpoint_every": 2, "probe_every": 0, "lr": 5e-2, "weights": {"behavior_kl": 0.0},
+                     "monitor": {"every": 2, "n": 6, "policy": "warn", "min_agreement": 0.99, "max_new_tokens": 6}},
+           "evaluate": {"split": "test", "n": 6, "n_boot": 20, "max_new_tokens": 6, "baselines": False}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run(load_run_config(tmp_path / "cfg.yaml"))
+    mon, _ = tbl.read_table(tmp_path / "run" / "train" / "monitor_behavior.parquet")
+    assert len(mon) == 6 and all(p.startswith("dev/") for p in mon["pair_id"])
+    assert (tmp_path / "run" / "figures" / "monitor.png").is_file()
+    assert "monitor" in (tmp_path / "run" / "report.html").read_text()
+    del cfg["monitor_split"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    from introspect.config import UserError
+
+    with pytest.raises(UserError, match="needs monitor_split"):
+        load_run_config(tmp_path / "bad.yaml")

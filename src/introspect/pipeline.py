@@ -149,8 +149,9 @@ def run(cfg: RunConfig) -> Path:
         progress.done("sample", prompts=2 * max(cfg.train_n, cfg.selection.pool) if written_since(source, t0) else 0)
         if cfg.monitor_sampled():
             n_mon = cfg.train_config().monitor.n
+            have = get_task(cfg.task, **cfg.task_options).available(root, cfg.monitor_split)
             stage_sample(model_name=cfg.model, out=cfg.path("train", "monitor_behavior.parquet"),
-                         **{**common, "split": cfg.monitor_split, "n": n_mon, "pool": max(4 * n_mon, n_mon)},
+                         **{**common, "split": cfg.monitor_split, "n": n_mon, "pool": min(4 * n_mon, have)},
                          stage="sample monitor pairs")
         if cfg.label_model:
             progress.start("sample label model")
@@ -181,8 +182,11 @@ def written_since(path: Path, t0: float) -> bool:
 def check_sizes(cfg: RunConfig, root: Path) -> None:
     """Pair counts checked before any model work: an oversized train_n or evaluate.n fails in seconds."""
     task = get_task(cfg.task, **cfg.task_options)
-    for split, n, key in ((cfg.train_split, max(cfg.train_n, cfg.selection.pool), "train_n"),
-                          (cfg.evaluate.split, max(cfg.evaluate.n, cfg.selection.eval_pool), "evaluate.n")):
+    sizes = [(cfg.train_split, max(cfg.train_n, cfg.selection.pool), "train_n"),
+             (cfg.evaluate.split, max(cfg.evaluate.n, cfg.selection.eval_pool), "evaluate.n")]
+    if cfg.monitor_sampled():
+        sizes.append((cfg.monitor_split, cfg.train_config().monitor.n, "train.monitor.n"))
+    for split, n, key in sizes:
         have = task.available(root, split)
         if n > have:
             raise UserError(f"config key {key} (or selection.pool) asks for {n} {task.name} pairs but split {split!r} "

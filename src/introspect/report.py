@@ -114,12 +114,37 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
             if pts:
                 ax.plot(*zip(*pts), label=k, lw=1)
         ax.set_yscale("log")
+        mark_decisions(ax, rows_t)
         ax.set_xlabel("training step")
         ax.set_ylabel("loss (log scale)")
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
         ax.set_title("training losses")
         paths["losses"] = _save(fig, out_dir / "losses.png")
+        checks = [r for r in rows_t if "monitor" in r]
+        if checks:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for key, label in (("agreement", "agreement (held-out monitor pairs)"), ("self_em", "Self EM"),
+                               ("orig_em", "Orig EM"), ("drift", "drift from M0")):
+                ax.plot([r["step"] for r in checks], [r["monitor"][key] for r in checks], "o-", ms=3, label=label)
+            ax.axhline(checks[0]["monitor_decision"].get("min_agreement", 0.7), ls="--", color="gray", lw=1)
+            mark_decisions(ax, rows_t)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("training step")
+            ax.set_ylabel("fraction of monitor pairs")
+            ax.set_title(f"coupling monitor (policy {checks[0]['monitor_decision']['policy']})")
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+            paths["monitor"] = _save(fig, out_dir / "monitor.png")
     return paths
+
+
+def mark_decisions(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """A dotted line and a label at each step where the coupling monitor acted (not at plain `ok` checks)."""
+    for r in rows:
+        d = r.get("monitor_decision")
+        if d and d["action"] != "ok":
+            ax.axvline(r["step"], ls=":", lw=1, color="red")
+            ax.annotate(d["action"], (r["step"], 0.98), xycoords=("data", "axes fraction"), fontsize=7, color="red",
+                        rotation=90, ha="right", va="top")
 
 
 def last_checkpoint(res: dict[str, Any]) -> dict[str, Any]:

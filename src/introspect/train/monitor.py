@@ -26,8 +26,10 @@ class Decision:
     lam: float  # λ after the decision
     lr_scale: float = 1.0  # multiply the learning rate by this (rollback)
 
-    def record(self, step: int, policy: str) -> dict[str, Any]:
-        return {"step": step, "policy": policy, "action": self.action, "why": self.why, "lambda": self.lam}
+    def record(self, step: int, spec: MonitorSpec) -> dict[str, Any]:
+        """The decision's line in metrics.jsonl."""
+        return {"step": step, "policy": spec.policy, "action": self.action, "why": self.why, "lambda": self.lam,
+                "min_agreement": spec.min_agreement}
 
 
 def measure(model: Any, tok: Any, task: Any, pairs: list, m0: Any, *, precision: str, verify_margin: float,

@@ -252,7 +252,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         decision = None
         if mon and mon.due(step, cfg.steps):
             row["monitor"], decision = mon.check(step, acc.unwrap_model(model), logged.get("explanation"))
-            row["monitor_decision"] = decision.record(step, cfg.monitor.policy)
+            row["monitor_decision"] = decision.record(step, cfg.monitor)
             weights = dataclasses.replace(weights, behavior_kl=decision.lam)
             if decision.action in ("ok", "lower_lambda"):  # the condition holds here: the state to stop at / roll back to
                 mon.remember(step, acc.unwrap_model(model), opt, sched)
