@@ -17,7 +17,8 @@ import json
 import numpy as np
 import torch
 
-from introspect import behavior, labels, tree
+
+from introspect import behavior, devices, labels, tree
 from introspect.config import data_root, seed_everything
 from introspect.models import load_model
 from introspect.tasks import get_task
@@ -47,7 +48,7 @@ def main() -> None:
     out = {"n_pairs": args.n, "format": args.format, "verify_margin": args.verify_margin,
            "table_margin_median": float(np.median(np.diff(np.sort(np.log(table), axis=1)[:, -2:], axis=1)))}
     fp32_rows, bf16_rows = [], []
-    with torch.no_grad(), behavior.autocast("bf16"):
+    with torch.no_grad(), devices.autocast("bf16"):
         for i in range(0, args.n, 2):
             groups = [[S.explanation_item(expl[j]), (a[j], 0), (b[j], 0)] for j in range(i, min(i + 2, args.n))]
             fp32_rows.append(S.tree_terms(model, groups, cids, tok.pad_token_id)[2].float().numpy())

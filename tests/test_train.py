@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from introspect import behavior, checkpoints, labels
+from introspect import behavior, checkpoints, devices, labels
 from introspect import tables as tbl
 from introspect.models import Loaded
 from introspect.tasks import get_task
@@ -143,7 +143,7 @@ def test_step0_training_distributions_equal_the_behavior_table(tiny: Loaded, dat
     expl = S.encode_explanations(tiny.tokenizer, lab, 768, "labels")
     cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
     groups = [[S.explanation_item(expl[i]), (a[i], 0), (b[i], 0)] for i in range(len(pairs))]
-    with torch.no_grad(), behavior.autocast(precision):
+    with torch.no_grad(), devices.autocast(precision):
         _, _, logp = S.tree_terms(model, groups, cids, tiny.tokenizer.pad_token_id)
     table = np.log(np.stack([np.array(df["probs"].tolist()), np.array(df["probs_without"].tolist())], 1).reshape(-1, 4))
     assert np.abs(logp.numpy() - table).max() <= tol

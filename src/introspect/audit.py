@@ -56,7 +56,8 @@ def _now() -> str:
 
 
 def add(path: Path, model: str, *, tag: str, note: str = "", precision: str = "bf16", verify_margin: float = 0.015,
-        seed: int = 0, n_boot: int = 1000, batch_size: int = 16, max_new_tokens: int = 40) -> dict[str, Any]:
+        seed: int = 0, n_boot: int = 1000, batch_size: int = 16, max_new_tokens: int = 40,
+        device: str = "auto") -> dict[str, Any]:
     """Sample the version's behaviour on the frozen pairs, generate its explanations, score, append to the ledger."""
     import pandas as pd
 
@@ -75,7 +76,7 @@ def add(path: Path, model: str, *, tag: str, note: str = "", precision: str = "b
     fixed = pd.DataFrame({"pair_id": [r["pair_id"] for r in rows], "changed": [bool(r["changed"]) for r in rows],
                           "letter": [r["letter"] for r in rows]})
     ck = Path(model) if (Path(model) / "meta.json").is_file() else None
-    base = load_model(checkpoint_meta(ck)["model_id"] if ck else model)
+    base = load_model(checkpoint_meta(ck)["model_id"] if ck else model, device=device)
     finetune = checkpoint_meta(ck)["config"].get("finetune", "lora") if ck else "lora"
     print(f"[audit] {tag}: {model} on {len(pairs)} frozen {task.name} pairs")
     with applied(base, ck, finetune) as m:

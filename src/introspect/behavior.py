@@ -16,7 +16,6 @@ import copy
 import inspect
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -25,7 +24,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import tree
+from . import devices, tree
+from .devices import autocast
 from .config import VERIFY_MARGIN, UserError
 from .models import render_prompt
 from .tasks import Pair, Task
@@ -64,14 +64,6 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def autocast(precision: str) -> Any:
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    if precision == "fp32":
-        return nullcontext()
-    raise UserError(f"precision must be 'bf16' or 'fp32', got {precision!r} (flag --precision)")
-
-
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -98,7 +90,7 @@ def _head_logprobs(model: Any, hidden: torch.Tensor, choice_ids: Groups) -> tupl
     """Choice log-probs over the full vocabulary [B, C] and vocab argmax [B], from the fp32 head."""
     logits = head_logits(model, hidden)
     logp = torch.log_softmax(logits, dim=-1)
-    return group_logits(logp, choice_ids).numpy(), logits.argmax(-1).numpy()
+    return group_logits(logp, choice_ids).cpu().numpy(), logits.argmax(-1).cpu().numpy()
 
 
 def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
@@ -122,7 +114,8 @@ def score_groups(model: Any, groups: Sequence[Sequence[Sequence[int]]], choice_i
     row. Each group of prompts runs as one prefix-tree row (`tree.py`): the prefixes its prompts share are computed
     once. Rows are sorted by length and batched `rows_per_batch` at a time (little padding).
     """
-    autocast(precision)  # validates the name before any work
+    dev = devices.of(model)
+    autocast(precision, dev.type)  # validates the name before any work
     offsets = np.cumsum([0, *map(len, groups)])
     out = np.zeros((offsets[-1], len(choice_ids)), dtype=np.float32)
     top = np.zeros(offsets[-1], dtype=np.int64)
@@ -130,19 +123,19 @@ def score_groups(model: Any, groups: Sequence[Sequence[Sequence[int]]], choice_i
     root = shared_prefix([p for g in groups for p in g]) if share_root and len(groups) > 1 else 0
     root = min(root, (tree.sliding_window(model) or root + 1) - 1)  # a sliding-window cache keeps window - 1 tokens
     decoder = model.get_decoder()
-    with autocast(precision), tqdm(total=int(offsets[-1]), disable=not progress, desc=f"{desc} ({precision})",
+    with autocast(precision, dev.type), tqdm(total=int(offsets[-1]), disable=not progress, desc=f"{desc} ({precision})",
                                    unit="prompt") as bar:
         kv = cache_kwarg(decoder)
-        root_cache = getattr(decoder(input_ids=torch.tensor([groups[0][0][:root]]), use_cache=True), kv) if root else None
+        root_cache = getattr(decoder(input_ids=torch.tensor([groups[0][0][:root]], device=dev), use_cache=True), kv) if root else None
         for i in range(0, len(order), rows_per_batch):
             rows = order[i:i + rows_per_batch]
-            batch = tree.pack([[p[root:] for p in groups[r]] for r in rows], pad_id)
+            batch = tree.pack([[p[root:] for p in groups[r]] for r in rows], pad_id).to(dev)
             cache, mask, pos = None, batch.attention_mask, batch.position_ids + root
             if root_cache is not None:
                 cache = copy.deepcopy(root_cache)
                 cache.batch_repeat_interleave(len(rows))
                 mask = torch.cat([mask.new_ones(*mask.shape[:3], root), mask], dim=-1)
-            k_pos = torch.cat([torch.arange(root).expand(len(rows), -1), pos], dim=1)
+            k_pos = torch.cat([torch.arange(root, device=dev).expand(len(rows), -1), pos], dim=1)
             hidden = decoder(input_ids=batch.input_ids, position_ids=pos, **{kv: cache}, use_cache=cache is not None,
                              attention_mask=tree.model_mask(model, mask, pos, k_pos)).last_hidden_state
             cols = batch.last_columns()

@@ -132,7 +132,7 @@ def applied(base: Any, path: Path | None, finetune: str) -> Iterator[Any]:
         return
     from transformers import AutoModelForCausalLM
 
-    yield AutoModelForCausalLM.from_pretrained(path).eval()
+    yield AutoModelForCausalLM.from_pretrained(path).eval().to(next(base.model.parameters()).device)
 
 
 def snapshot(model: Any, opt: Any, sched: Any, finetune: str) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     stage_sample(model_name=args.model, task_name=args.task, task_options=_task_options(args),
                  root=data_root(args.data_root), split=args.split, n=args.n, seed=args.seed, precision=args.precision,
                  verify_margin=args.verify_margin, out=Path(args.out), select=sel, pool=sel.pool,
-                 batch_size=args.batch_size, share_prefix=not args.no_share_prefix)
+                 batch_size=args.batch_size, share_prefix=not args.no_share_prefix, device=args.device)
 
 
 def cmd_label(args: argparse.Namespace) -> None:
@@ -73,7 +73,7 @@ def cmd_screen(args: argparse.Namespace) -> dict[str, Any]:
     else:
         table = stage_sample(model_name=args.model, task_name=args.task, task_options=_task_options(args), root=root,
                              split=args.split, n=args.n, seed=args.seed, precision="fp32", verify_margin=0.0,
-                             out=out / "behavior.parquet", stage="screen")
+                             out=out / "behavior.parquet", stage="screen", device=args.device)
     df, _ = read_table(table)
     rep = screen.report(df, min_margin=args.min_margin, epsilon=args.epsilon, balance=args.balance,
                         available_train=task.available(root, args.train_split),
@@ -165,7 +165,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
     elif args.action == "add":
         audit.add(Path(args.ledger), args.model, tag=args.tag, note=args.note or "", precision=args.precision,
                   verify_margin=args.verify_margin, seed=args.seed, n_boot=args.n_boot, batch_size=args.batch_size,
-                  max_new_tokens=args.max_new_tokens)
+                  max_new_tokens=args.max_new_tokens, device=args.device)
     elif args.action == "show":
         audit.show(Path(args.ledger), Path(args.png) if args.png else None)
     elif args.action == "diff":
@@ -181,6 +181,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=4, help="pairs per forward")
     p.add_argument("--verify-margin", type=float, default=VERIFY_MARGIN,
                    help="bf16 near-ties closer than this (nats) are re-scored in fp32; 0 turns it off")
@@ -290,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--note", default=None)
     a.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     a.add_argument("--verify-margin", type=float, default=VERIFY_MARGIN)
+    a.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     a.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     a.add_argument("--n-boot", type=int, default=1000)
     a.add_argument("--batch-size", type=int, default=16, help="explanations generated per batch")

@@ -21,7 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import behavior, metrics
-from .behavior import autocast, encode, left_pad
+from . import devices
+from .behavior import encode, left_pad
+from .devices import autocast
 from .labels import agreement, drift, label_frame
 from .models import render_prompt
 from .tasks import Pair, Task
@@ -36,15 +38,16 @@ def generate(model: Any, tok: Any, prompts: Sequence[list[dict[str, str]]], *, p
     ids = [encode(tok, render_prompt(tok, list(m))) for m in prompts]
     order = np.argsort([len(x) for x in ids], kind="stable")
     out: list[str] = [""] * len(ids)
-    with autocast(precision), tqdm(total=len(ids), disable=not progress, desc=desc, unit="explanation") as bar:
+    dev = devices.of(model)
+    with autocast(precision, dev.type), tqdm(total=len(ids), disable=not progress, desc=desc, unit="explanation") as bar:
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
-            x, mask = left_pad([ids[j] for j in idx], tok.pad_token_id)
+            x, mask = (t.to(dev) for t in left_pad([ids[j] for j in idx], tok.pad_token_id))
             gen = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, stop_strings=[STOP],
                                  tokenizer=tok)
             for j, row in zip(idx, gen[:, x.shape[1]:]):
-                text = tok.decode(row, skip_special_tokens=True)
+                text = tok.decode(row.tolist(), skip_special_tokens=True)
                 out[j] = text[: text.index(STOP) + len(STOP)] if STOP in text else text
             bar.update(len(idx))
     return out

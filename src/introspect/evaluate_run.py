@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import baselines, metrics, provenance
+from . import baselines, devices, metrics, provenance
 from .checkpoints import applied, complete, weights_hash
 from .config import UserError, atomic_path, data_root, seed_everything, stable_hash
 from .evaluate import evaluate_one
@@ -48,7 +48,7 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
     ev = cfg.evaluate
     seed = cfg.seed if ev.seed is None else ev.seed  # eval pairs and bootstrap
     root = data_root(cfg.data_root)
-    base = load_model(cfg.model, seed=cfg.seed)
+    base = load_model(cfg.model, seed=cfg.seed, device=cfg.device)
     common = dict(task_name=cfg.task, task_options=cfg.task_options, root=root, split=ev.split, n=ev.n, seed=seed,
                   precision=cfg.precision, verify_margin=cfg.verify_margin)
     m0_path = stage_sample(model_name=cfg.model, out=cfg.path("eval", "m0_behavior.parquet"), loaded=base,
@@ -59,7 +59,7 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
     orig_beh = None  # the behaviour the fixed labels come from: M0's own, or the label model's (cross-family)
     if cfg.label_model:
         orig_path = stage_sample(model_name=cfg.label_model, out=cfg.path("eval", f"behavior_{cfg.label_model}.parquet"),
-                                 stage="evaluate: sample label model", **common)
+                                 stage="evaluate: sample label model", device=cfg.device, **common)
         orig_beh = read_table(orig_path)[0].set_index("pair_id").loc[m0_beh["pair_id"]].reset_index()
     e_orig = label_frame(m0_beh if orig_beh is None else orig_beh)  # "Orig"
     set_hash = stable_hash([[p.to_dict() for p in pairs], e_orig.to_dict("list")])
@@ -72,9 +72,10 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
     zero_shot_texts = None
     for step, path in checkpoints_to_eval(cfg):
         out = cfg.path("eval", f"step_{step:06d}", "result.json")
+        where = {"device": str(devices.of(base.model))} if devices.of(base.model).type != "cpu" else {}
         wanted = provenance.inputs(checkpoint=weights_hash(path, base.weights_hash), eval_set=set_hash,
                                    precision=cfg.precision, verify_margin=cfg.verify_margin, seed=seed,
-                                   max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, n_boot=ev.n_boot)
+                                   max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, n_boot=ev.n_boot, **where)
         if provenance.is_current(out, wanted, f"evaluate step {step}"):
             res = json.loads(out.read_text())
         else:

@@ -195,8 +195,11 @@ def peft_deprecation_silenced() -> Iterator[None]:
         yield
 
 
-def load_model(name: str, *, seed: int = 0, hash_weights: bool = True) -> Loaded:
-    """Load a model by registry name, local directory or hub id; fp32 weights, eval mode, all cores."""
+def load_model(name: str, *, seed: int = 0, hash_weights: bool = True, device: str = "cpu") -> Loaded:
+    """Load a model by registry name, local directory or hub id; fp32 weights, eval mode, all cores, on `device`
+    (`devices.resolve`; the trainer places its model through accelerate instead)."""
+    from .devices import resolve
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
     set_threads()
     loader: Callable[[], tuple[PreTrainedModel, Any]]
@@ -210,7 +213,8 @@ def load_model(name: str, *, seed: int = 0, hash_weights: bool = True) -> Loaded
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.eval()
-    return Loaded(model, tok, name, weights_hash(model) if hash_weights else "")
+    wh = weights_hash(model) if hash_weights else ""  # hashed on CPU: the same model hashes the same everywhere
+    return Loaded(model.to(resolve(device)), tok, name, wh)
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:

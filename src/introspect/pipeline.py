@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import behavior, labels, provenance, selection
+from . import behavior, devices, labels, provenance, selection
 from .checkpoints import clean_tmp, complete, meta as checkpoint_meta
 from .config import UserError, atomic_path, data_root, seed_everything
 from .locking import locked
@@ -31,31 +31,41 @@ from .typed import to_dict
 
 
 def sample_inputs(model_name: str, task: Any, pairs: list, *, seed: int, split: str, n: int, precision: str,
-                  verify_margin: float, select: Any = None) -> dict[str, str]:
+                  verify_margin: float, select: Any = None, device: str = "cpu") -> dict[str, str]:
+    where = {"device": device} if device != "cpu" else {}  # CPU tables keep the inputs they had before devices
     return provenance.inputs(model=fingerprint(model_name, seed=seed), task_spec=task.spec(),
                              pairs=[p.to_dict() for p in pairs], seed=seed, split=split, n=n, precision=precision,
-                             verify_margin=verify_margin, selection=to_dict(select) if select else None)
+                             verify_margin=verify_margin, selection=to_dict(select) if select else None, **where)
 
 
 def stage_sample(*, model_name: str, task_name: str, task_options: dict[str, Any], root: Path, split: str, n: int,
                  seed: int, precision: str, verify_margin: float, out: Path, select: Any = None, pool: int = 0,
-                 loaded: Any = None,
+                 loaded: Any = None, device: str = "auto",
                  batch_size: int = 4, share_prefix: bool = True, stage: str = "sample") -> Path:
     """B(model) on `n` pairs of a split -> a BehaviorTable at `out` (skipped when current). With a selection
     (a margin, balance, or `pool` > n), `pool` pairs are sampled and `n` kept by margin and class balance."""
     task = get_task(task_name, **task_options)
     pool = max(pool, n)
     pairs = task.pairs(root, split, pool, seed)
-    wanted = sample_inputs(model_name, task, pairs, seed=seed, split=split, n=n, precision=precision,
+    device = devices.resolve(device) if loaded is None else str(devices.of(loaded.model))
+    wanted = sample_inputs(model_name, task, pairs, seed=seed, split=split, n=n, precision=precision, device=device,
                            verify_margin=verify_margin, select=select if select and (select.min_margin or select.balance or pool > n) else None)
     if provenance.is_current(out, wanted, stage):
         return out
     writable(out)
-    loaded = loaded or load_model(model_name, seed=seed)
-    print(f"[{stage}] B({model_name}) on {len(pairs)} {task.name} pairs ({split}, {precision}) -> {out}")
-    df, stats = behavior.sample_behavior(loaded.model, loaded.tokenizer, task, pairs, precision=precision,
+    loaded = loaded or load_model(model_name, seed=seed, device=device)
+    shard = devices.shard(device)  # under `accelerate launch`: this process's (rank, processes), else None
+    mine = pairs[shard[0]::shard[1]] if shard else pairs
+    print(f"[{stage}] B({model_name}) on {len(mine)} {task.name} pairs ({split}, {precision}, {device}"
+          + (f", process {shard[0] + 1} of {shard[1]}" if shard else "") + f") -> {out}")
+    df, stats = behavior.sample_behavior(loaded.model, loaded.tokenizer, task, mine, precision=precision,
                                          verify_margin=verify_margin, batch_size=batch_size, share_prefix=share_prefix)
     print(f"[{stage}] {stats.line()}")
+    if shard:
+        df = devices.gather_rows(df, [p.id for p in pairs])
+        if df is None:  # not the main process: the main one writes
+            devices.barrier()
+            return out
     if pool > n or (select and (select.min_margin > 0 or select.balance)):
         df = selection.select(df, n=n, min_margin=select.min_margin if select else 0.0,
                               balance=bool(select and select.balance), seed=seed, where=stage)
@@ -67,6 +77,8 @@ def stage_sample(*, model_name: str, task_name: str, task_options: dict[str, Any
     write_table(out, df, meta)
     print(f"[{stage}] wrote {len(df)} pairs -> {out}")
     print(behavior.format_summary(behavior.summarize(df, task.choices), task.feature_name))
+    if shard:
+        devices.barrier()
     return out
 
 
@@ -142,7 +154,7 @@ def run(cfg: RunConfig) -> Path:
         root = data_root(cfg.data_root)
         common = dict(task_name=cfg.task, task_options=cfg.task_options, root=root, split=cfg.train_split,
                       n=cfg.train_n, seed=cfg.seed, precision=cfg.precision, verify_margin=cfg.verify_margin,
-                      select=cfg.selection, pool=cfg.selection.pool)
+                      select=cfg.selection, pool=cfg.selection.pool, device=cfg.device)
         check_sizes(cfg, root)
         progress.start("sample")
         source = stage_sample(model_name=cfg.model, out=cfg.path("train", "behavior.parquet"), **common)

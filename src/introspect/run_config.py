@@ -53,6 +53,7 @@ class RunConfig:
     label_model: str | None = None  # take labels from this model's behaviour (cross-family); null = M0's own
     label_noise: float = 0.0  # fraction of labels corrupted (labels.add_noise)
     precision: str = "bf16"  # bf16 | fp32: sampling, re-sampling, generation and training
+    device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N: every stage
     verify_margin: float = VERIFY_MARGIN  # bf16 near-ties closer than this (nats) are re-scored in fp32; 0 = off
     selection: Selection = field(default_factory=Selection)  # applied to the training pairs and the eval pairs
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys; paths, model, seed, precision filled in
@@ -65,7 +66,7 @@ class RunConfig:
     def train_config(self, where: str = "config") -> TrainConfig:
         fixed = {"behavior": str(self.path("train", "behavior.parquet")), "labels": str(self.path("train", "labels.parquet")),
                  "out_dir": str(self.path("train")), "model": self.model, "seed": self.seed, "precision": self.precision,
-                 "verify_margin": self.verify_margin}
+                 "verify_margin": self.verify_margin, "device": self.device}
         clash = sorted(set(fixed) & set(self.train))
         if clash:
             raise UserError(f"config key train.{clash[0]} is set by the run (remove it from the train section)")

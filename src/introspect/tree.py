@@ -26,6 +26,9 @@ class TreeBatch:
     attention_mask: torch.Tensor  # [B, 1, L, L] bool, True = may attend
     paths: list[list[list[int]]]  # [row][sequence] -> the row column of each of the sequence's tokens
 
+    def to(self, device: Any) -> "TreeBatch":
+        return TreeBatch(self.input_ids.to(device), self.position_ids.to(device), self.attention_mask.to(device), self.paths)
+
     def last_columns(self) -> list[list[int]]:
         """[row][sequence] -> column whose logits predict the token after the sequence."""
         return [[p[-1] for p in row] for row in self.paths]
@@ -117,9 +120,10 @@ def forward(model: Any, batch: TreeBatch, wanted: Sequence[Sequence[int]],
     caller can apply an fp32 head there (`behavior.head_logits`)."""
     keep = sorted({c for cols in wanted for c in cols})
     at = {c: j for j, c in enumerate(keep)}
+    batch = batch.to(next(getattr(model, "module", model).parameters()).device)
     mask = model_mask(model, batch.attention_mask, batch.position_ids, batch.position_ids)
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask,
-                logits_to_keep=torch.tensor(keep, dtype=torch.long) if keep else 1,
+                logits_to_keep=torch.tensor(keep, dtype=torch.long, device=batch.input_ids.device) if keep else 1,
                 output_hidden_states=bool(hidden))
     logits = [out.logits[b, [at[c] for c in cols]] for b, cols in enumerate(wanted)] if keep else []
     states = [out.hidden_states[-1][b, list(cols)] for b, cols in enumerate(hidden)] if hidden else []

@@ -73,7 +73,8 @@ class TrainConfig:
     finetune: str = "lora"  # lora | full
     lora: LoraSpec = field(default_factory=LoraSpec)
     weights: LossWeights = field(default_factory=LossWeights)
-    precision: str = "bf16"  # bf16 (CPU autocast) | fp32; the answer-position head is fp32 either way
+    precision: str = "bf16"  # bf16 (autocast) | fp32; the answer-position head is fp32 either way
+    device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N; under `accelerate launch` each process its own
     verify_margin: float = VERIFY_MARGIN  # probe re-sampling: bf16 near-ties closer than this are re-scored in fp32
     balance_explanations: bool = False  # draw each step's explanation examples half changed, half unchanged
     checkpoint_every: int = 50  # steps; the last step is always saved

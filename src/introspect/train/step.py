@@ -49,7 +49,8 @@ def tree_terms(model: Any, groups: Sequence[Sequence[Item]], choice_ids: behavio
     target_logits = [logits for logits in rows if len(logits)]
     targets = [t for g in groups for seq, n in g if n for t in seq[len(seq) - n:]]
     n_tok = len(targets)
-    ce_sum = objectives.explanation(logits=torch.cat(target_logits), targets=torch.tensor(targets)) * n_tok if n_tok else torch.zeros(())
+    dev = target_logits[0].device if target_logits else None
+    ce_sum = objectives.explanation(logits=torch.cat(target_logits), targets=torch.tensor(targets, device=dev)) * n_tok if n_tok else torch.zeros(())
     if not any(answer_cols):
         return ce_sum, n_tok, None
     # the answer positions get the fp32 head, as in sampling: M0's table and these log-probs are the same quantity
@@ -109,21 +110,21 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
         losses["explanation"] = ce_sum / n_tok
     if want_beh:
         logp = torch.stack([rows[i, side] for i in range(len(with_c)) for side in (0, 1)])  # rows 2i: x, 2i+1: x∖C
-        ref = torch.tensor(np.stack([p_m0, p_m0_without], axis=1).reshape(len(logp), -1), dtype=torch.float32)
+        ref = torch.tensor(np.stack([p_m0, p_m0_without], axis=1).reshape(len(logp), -1), dtype=torch.float32, device=logp.device)
         every = np.ones(len(with_c), dtype=bool)
-        kl = torch.as_tensor(np.repeat(every if kl_rows is None else kl_rows, 2))  # per row: pair's x and x∖C alike
+        kl = torch.as_tensor(np.repeat(every if kl_rows is None else kl_rows, 2), device=logp.device)  # x and x∖C alike
         conc = every if concurrent_rows is None else np.asarray(concurrent_rows, dtype=bool)
         if w.behavior_kl > 0:
             losses["behavior_kl"] = objectives.behavior_kl(logp=logp[kl], p_m0=ref[kl]) if kl.any() else logp.sum() * 0
         if w.sycophancy_reduction > 0:
-            c = torch.as_tensor(conc)
+            c = torch.as_tensor(conc, device=logp.device)
             losses["sycophancy_reduction"] = (objectives.sycophancy_reduction(logp_hinted=logp[0::2][c], p_no_hint=ref[1::2][c])
                                               if conc.any() else logp.sum() * 0)
         if w.refusal_tuning > 0:
             if gold is None or (gold[conc] < 0).any():
                 raise UserError("refusal_tuning needs a gold behaviour for every training pair (the refusal task has one)")
-            c2 = torch.as_tensor(np.repeat(conc, 2))
-            target = torch.tensor(np.repeat(gold[conc], 2), dtype=torch.long)  # x and x∖C rows alike
+            c2 = torch.as_tensor(np.repeat(conc, 2), device=logp.device)
+            target = torch.tensor(np.repeat(gold[conc], 2), dtype=torch.long, device=logp.device)  # x and x∖C alike
             losses["refusal_tuning"] = (objectives.refusal_tuning(logp=logp[c2], target=target)
                                         if conc.any() else logp.sum() * 0)
     return losses

@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .. import behavior, checkpoints, provenance
+from .. import behavior, checkpoints, devices, provenance
 from ..behavior import choice_token_ids, encode_pairs
 from ..config import UserError, seed_everything
 from ..labels import agreement, drift, label_frame
@@ -81,7 +81,9 @@ def probe(model: Any, tok: Any, task: Any, pairs: list[Pair], m0: Any, labels: A
 
 def train_inputs(cfg: TrainConfig) -> dict[str, str]:
     """What a training run is made from: its config (paths aside) and the inputs of its two tables."""
-    conf = {k: v for k, v in to_dict(cfg).items() if k not in ("behavior", "labels", "out_dir", "keep_checkpoints")}
+    conf = {k: v for k, v in to_dict(cfg).items() if k not in ("behavior", "labels", "out_dir", "keep_checkpoints", "device")}
+    if devices.resolve(cfg.device) != "cpu":  # where it ran matters to the numbers; CPU runs keep their earlier inputs
+        conf["device"] = devices.resolve(cfg.device)
     conf["monitor"] = {k: v for k, v in conf["monitor"].items() if k != "pairs"}  # a path: its table's inputs below
     tables = {"behavior": cfg.behavior, "labels": cfg.labels, **({"monitor_pairs": cfg.monitor.pairs} if cfg.monitor.every else {})}
     return provenance.inputs(config=conf, **{k: provenance.stored_inputs(Path(p)) or read_table(p)[1] for k, p in tables.items()})
@@ -121,8 +123,11 @@ def resume_point(cfg: TrainConfig, ckdir: Path, wanted: dict[str, str], resume: 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     """Run (or resume) training; returns the output directory."""
-    # precision is our own autocast (behavior.autocast), not accelerate's process-wide mixed_precision setting
-    acc = Accelerator(cpu=True)  # devices: issue 14
+    # precision is our own autocast (devices.autocast), not accelerate's process-wide mixed_precision setting
+    device = devices.resolve(cfg.device)
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(int(device[5:]))
+    acc = Accelerator(cpu=device == "cpu")
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir)
     ckdir = out / "checkpoints"
@@ -217,7 +222,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
             b_mb = np.concatenate([p_mb, c_mb]).astype(int)  # the KL's pairs, then the concurrent objective's own
             split_rows = conc_pool is not None
             sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext()
-            with sync, behavior.autocast(cfg.precision):
+            with sync, devices.autocast(cfg.precision, acc.device.type):
                 losses = step_losses(model, cfg=step_cfg, expl=[expl[i] for i in e_mb], with_c=[with_c[i] for i in b_mb],
                                      without_c=[without_c[i] for i in b_mb], p_m0=p_m0[b_mb],
                                      p_m0_without=p_m0_without[b_mb], choice_ids=choice_ids, pad_id=tok.pad_token_id,
@@ -235,7 +240,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         sched.step()
         opt.zero_grad(set_to_none=True)
 
-        logged = {k: float(acc.reduce(torch.tensor(v), reduction="mean")) for k, v in sorted(totals.items())}
+        logged = {k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean")) for k, v in sorted(totals.items())}
         row: dict[str, Any] = {"step": step, **logged, "total": sum(getattr(weights, k) * v for k, v in logged.items()),
                                "grad_norm": round(grad_norm, 4), "lr": sched.get_last_lr()[0],
                                "sec_per_step": round(time.time() - t0, 3),

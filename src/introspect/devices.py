@@ -1,0 +1,81 @@
+"""Where models run: one `device` setting (`auto`: CUDA when present, else CPU; or `cpu`, `cuda`, `cuda:N`), the
+device a model sits on, and bf16 autocast for that device type.
+
+Weights stay fp32 on every device and bf16 runs under autocast: the fp32 re-check of near-ties (`verify_margin`) and
+the fp32 answer-position head (`behavior.head_logits`) then need no second copy of the model, and the CPU numbers are
+exactly those of earlier versions.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+from .config import UserError
+
+CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve(spec: str = "auto") -> str:
+    """The device a setting names, checked against what this machine has."""
+    import torch
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return "cpu"
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UserError(f"device {spec!r} asked for, but torch sees no CUDA GPU here (flag --device / config key "
+                            f"device: use auto or cpu)")
+        if ":" in spec and int(spec[5:]) >= torch.cuda.device_count():
+            raise UserError(f"device {spec!r}: this machine has {torch.cuda.device_count()} GPU(s) (flag --device)")
+        return spec
+    raise UserError(f"unknown device {spec!r}: use {CHOICES} (flag --device / config key device)")
+
+
+def of(model: Any) -> Any:
+    """The device a (possibly wrapped) model's parameters are on."""
+    return next(getattr(model, "module", model).parameters()).device
+
+
+def autocast(precision: str, device_type: str = "cpu") -> Any:
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    if precision == "fp32":
+        return nullcontext()
+    raise UserError(f"precision must be 'bf16' or 'fp32', got {precision!r} (flag --precision)")
+
+
+def shard(device: str) -> tuple[int, int] | None:
+    """(this process's rank, number of processes) when launched by `accelerate launch` / torchrun with more than one
+    process, else None. Work split by rank (`items[rank::processes]`) is put back in order by `gather_rows`."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu")  # CPU processes talk over gloo (the trainer's Accelerator agrees)
+    return state.process_index, state.num_processes
+
+
+def gather_rows(df: Any, order: list[str]) -> Any:
+    """Every process's rows of a table (one row per pair), on the main process in `order` of pair ids; None elsewhere."""
+    import pandas as pd
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    parts = gather_object([df])
+    if not PartialState().is_main_process:
+        return None
+    return pd.concat(parts).set_index("pair_id").loc[order].reset_index()
+
+
+def barrier() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
