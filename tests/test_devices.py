@@ -47,8 +47,8 @@ def test_sharded_sampling_equals_single_process(data_dir: Path, tmp_path: Path) 
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     accelerate = Path(sys.executable).parent / "accelerate"
-    two = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "introspect.cli", *args,
+    config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu2.yaml"  # the shipped config
+    two = subprocess.run([str(accelerate), "launch", "--config_file", str(config), "-m", "introspect.cli", *args,
                           "--out", str(tmp_path / "two.parquet")], capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "process 1 of 2" in two.stdout and "process 2 of 2" in two.stdout

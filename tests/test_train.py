@@ -276,3 +276,17 @@ def test_concurrent_objective_never_reads_the_kls_pairs(tables, tmp_path: Path, 
     shared = dataclasses.replace(cfg, concurrent_pairs="shared")
     assert T.concurrent_split(shared, 8) is None
     assert T.concurrent_split(dataclasses.replace(cfg, weights=LossWeights()), 8) is None  # no concurrent objective
+
+
+def test_all_linear_lora_with_activation_checkpointing(tables, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from introspect.train import LoraSpec
+
+    cfg = _cfg(tables, tmp_path, steps=2, probe_every=0, activation_checkpointing=True,
+               lora=LoraSpec(rank=4, alpha=8, target_modules="all-linear"))
+    T.train(cfg)
+    out = capsys.readouterr().out
+    assert "memory estimate: weights" in out and _metrics(tmp_path)[-1]["step"] == 2
+    from safetensors.torch import load_file as lf
+
+    names = lf(tmp_path / "checkpoints" / "step_000002" / "adapter_model.safetensors")
+    assert any("gate_proj" in k for k in names) and any("q_proj" in k for k in names)

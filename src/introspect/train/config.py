@@ -25,8 +25,10 @@ class LoraSpec:
     rank: int = 96  # the paper found coupling only from rank 96 up
     alpha: int = 192
     dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                               "gate_proj", "up_proj", "down_proj"])
+    # the attention and MLP projections of Llama, Qwen, Gemma and Mistral (same names); "all-linear" = peft's
+    # every linear layer but the output head, for architectures with other names
+    target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                     "gate_proj", "up_proj", "down_proj"])
 
 
 @dataclass
@@ -71,6 +73,7 @@ class TrainConfig:
     pack: bool = True  # run each pair's explanation, x and x∖C as one prefix tree (same losses, fewer tokens)
     rows_per_forward: int = 2  # examples per forward pass, length-sorted (padding costs more than batching saves on CPU)
     finetune: str = "lora"  # lora | full
+    activation_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
     lora: LoraSpec = field(default_factory=LoraSpec)
     weights: LossWeights = field(default_factory=LossWeights)
     precision: str = "bf16"  # bf16 (autocast) | fp32; the answer-position head is fp32 either way

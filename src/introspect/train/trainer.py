@@ -94,10 +94,27 @@ def wrap(model: Any, cfg: TrainConfig) -> Any:
         return model
     from peft import LoraConfig, get_peft_model
 
+    targets = cfg.lora.target_modules
     lc = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                    target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+                    target_modules=targets if isinstance(targets, str) else list(targets), task_type="CAUSAL_LM")
     with peft_deprecation_silenced():
         return get_peft_model(model, lc)
+
+
+def memory_estimate(model: Any, params: list, cfg: TrainConfig) -> str:
+    """A rough per-process training memory estimate: fp32 weights, gradients and AdamW's two moments of the trainable
+    parameters, and the activations of one row (docs/training.md#devices-and-gpus says how rough)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in params)
+    config = getattr(model, "config", None)
+    hidden = getattr(config, "hidden_size", 0) or 0
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    tokens = cfg.max_length * cfg.rows_per_forward
+    act = tokens * hidden * layers * (2 if cfg.activation_checkpointing else 34) * 2  # bf16 bytes; ~34 values/token/layer
+    weights, train_state = total * 4, trainable * 4 * 3
+    gb = lambda b: f"{b / 1e9:.1f} GB"  # noqa: E731
+    return (f"weights {gb(weights)} + gradients and AdamW state {gb(train_state)} + activations up to "
+            f"{gb(act)} (rows of {cfg.max_length} tokens) = about {gb(weights + train_state + act)}")
 
 
 def resume_point(cfg: TrainConfig, ckdir: Path, wanted: dict[str, str], resume: bool, say: Any) -> Path | None:
@@ -169,9 +186,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         say(f"[train] concurrent objective on {len(conc_pool)} pairs set aside, the KL on the other {int(in_kl.sum())} "
             f"(concurrent_pairs: split)")
 
+    if cfg.activation_checkpointing:
+        enable = getattr(loaded.model, "activation_checkpointing_enable", None) or loaded.model.gradient_checkpointing_enable
+        enable()
+        loaded.model.enable_input_require_grads()  # LoRA: the frozen embeddings must still pass gradients on
     model = wrap(loaded.model, cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    say(f"[train] memory estimate: {memory_estimate(model, params, cfg)}")
     say(f"[train] {len(expl)} explanation examples, {len(pairs)} behaviour pairs ({task.name}); "
         f"{cfg.finetune} with {sum(p.numel() for p in params) / 1e6:.2f}M trainable params; {world} process(es) on {acc.device}")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
