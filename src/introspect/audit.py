@@ -28,10 +28,14 @@ MIN_AGREEMENT = 0.70
 DEGRADED = 0.10
 
 
-def init(path: Path, pairs_table: Path, labels_table: Path) -> str:
+def init(path: Path, pairs_table: Path, labels_table: Path, n: int = 0) -> str:
+    """Freeze the pairs of `pairs_table` (its first `n`, 0 = all) with their labels from `labels_table`."""
     from .tables import pairs_from_table, read_table, task_of
 
     beh, meta = read_table(pairs_table)
+    if n < 0 or n > len(beh):
+        raise UserError(f"--n {n}: {pairs_table} has {len(beh)} pairs")
+    beh = beh.iloc[:n or len(beh)].reset_index(drop=True)
     lab, _ = read_table(labels_table)
     missing = sorted(set(beh["pair_id"]) - set(lab["pair_id"]))
     if missing:

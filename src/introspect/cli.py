@@ -161,7 +161,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
     from . import audit
 
     if args.action == "init":
-        audit.init(Path(args.ledger), Path(args.pairs), Path(args.labels))
+        audit.init(Path(args.ledger), Path(args.pairs), Path(args.labels), n=args.n)
     elif args.action == "add":
         audit.add(Path(args.ledger), args.model, tag=args.tag, note=args.note or "", precision=args.precision,
                   verify_margin=args.verify_margin, seed=args.seed, n_boot=args.n_boot, batch_size=args.batch_size,
@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("ledger")
     a.add_argument("--pairs", required=True, help="BehaviorTable Parquet: the pairs and M0's behaviour on them")
     a.add_argument("--labels", required=True, help="labels Parquet (`introspect label`): the fixed explanations' labels")
+    a.add_argument("--n", type=int, default=0, help="freeze only the first N pairs (0 = all)")
     a = act.add_parser("add", help="behaviour + explanations of one model version, scored and appended")
     a.add_argument("ledger")
     a.add_argument("model", help="a model (registry name, local dir) or a training checkpoint dir (RUN/train/checkpoints/step_N)")
