@@ -59,3 +59,43 @@ def test_sharded_sampling_equals_single_process(data_dir: Path, tmp_path: Path) 
         assert a[col].tolist() == b[col].tolist()
     np.testing.assert_allclose(np.array(a["probs"].tolist()), np.array(b["probs"].tolist()), atol=1e-5)
     np.testing.assert_allclose(np.array(a["probs_without"].tolist()), np.array(b["probs_without"].tolist()), atol=1e-5)
+
+
+def test_sharded_evaluation_equals_single_process(tmp_path: Path) -> None:
+    """`accelerate launch ... evaluate RUN` over two CPU processes scores the same explanations as one process."""
+    import json
+    import shutil
+
+    import yaml
+
+    from conftest import write_mmlu
+    from introspect.pipeline import run
+    from introspect.run_config import load_run_config
+
+    data = write_mmlu(tmp_path / "data")
+    write_mmlu(data, "test", {"misc": [[f"Test question {i}?", "a", "b", "c", "d", "ABCD"[i % 4]] for i in range(7)]})
+    cfg = {"run_dir": str(tmp_path / "run"), "model": "tiny-random", "data_root": str(data), "train_split": "val",
+           "train_n": 8, "precision": "fp32", "device": "cpu",
+           "train": {"steps": 2, "checkpoint_every": 2, "probe_every": 0, "lr": 1e-2},
+           "evaluate": {"split": "test", "n": 7, "n_boot": 50, "max_new_tokens": 8, "baselines": False}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run(load_run_config(tmp_path / "cfg.yaml"))
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "run", copy)
+    for d in copy.glob("eval/step_*"):
+        shutil.rmtree(d)
+    (copy / "eval" / "results.json").unlink()
+    config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu2.yaml"
+    two = subprocess.run([str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(config), "-m",
+                          "introspect.cli", "evaluate", str(copy)], capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    b = json.loads((copy / "eval" / "results.json").read_text())
+    assert sorted(a["checkpoints"]) == sorted(b["checkpoints"]) == ["0", "2"]
+    for step in a["checkpoints"]:
+        for key in ("self", "orig"):
+            assert a["checkpoints"][step][key]["exact_match"] == b["checkpoints"][step][key]["exact_match"]
+        assert a["checkpoints"][step]["agreement"] == b["checkpoints"][step]["agreement"]
+        ia, _ = tbl.read_table(tmp_path / "run" / "eval" / f"step_{int(step):06d}" / "items.parquet")
+        ib, _ = tbl.read_table(copy / "eval" / f"step_{int(step):06d}" / "items.parquet")
+        assert ia["text"].tolist() == ib["text"].tolist() and ia["pair_id"].tolist() == ib["pair_id"].tolist()

@@ -144,10 +144,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = config_of_run(args.run_dir)
     if args.checkpoints:
         cfg.evaluate.checkpoints = args.checkpoints
+    from .devices import secondary
+
     with locked(Path(args.run_dir)):
         res = stage_evaluate(cfg)
-    print(f"[evaluate] wrote {cfg.path('eval', 'results.json')}")
-    print(headline(res))
+    if not secondary():
+        print(f"[evaluate] wrote {cfg.path('eval', 'results.json')}")
+        print(headline(res))
 
 
 def cmd_report(args: argparse.Namespace) -> None:

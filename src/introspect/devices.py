@@ -50,6 +50,13 @@ def autocast(precision: str, device_type: str = "cpu") -> Any:
     raise UserError(f"precision must be 'bf16' or 'fp32', got {precision!r} (flag --precision)")
 
 
+def secondary() -> bool:
+    """A process of a multi-process launch other than the main one (it neither locks nor writes run outputs)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+
+
 def shard(device: str) -> tuple[int, int] | None:
     """(this process's rank, number of processes) when launched by `accelerate launch` / torchrun with more than one
     process, else None. Work split by rank (`items[rank::processes]`) is put back in order by `gather_rows`."""
@@ -61,6 +68,18 @@ def shard(device: str) -> tuple[int, int] | None:
 
     state = PartialState(cpu=device == "cpu")  # CPU processes talk over gloo (the trainer's Accelerator agrees)
     return state.process_index, state.num_processes
+
+
+def gather_texts(ids: list[str], texts: list[str], order: list[str]) -> list[str] | None:
+    """Every process's (id, text) pairs, on the main process in `order`; None elsewhere."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    parts = gather_object(list(zip(ids, texts)))
+    if not PartialState().is_main_process:
+        return None
+    got = dict(parts)
+    return [got[i] for i in order]
 
 
 def gather_rows(df: Any, order: list[str]) -> Any:

@@ -108,13 +108,26 @@ def evaluate_one(model: Any, tok: Any, task: Task, pairs: Sequence[Pair], m0_beh
                  n_boot: int, precision: str, verify_margin: float, batch_size: int = 16, max_new_tokens: int = 40,
                  beh: pd.DataFrame | None = None, orig_beh: pd.DataFrame | None = None,
                  orig_labels: pd.DataFrame | None = None, label: str = "M0") -> tuple[dict[str, Any], pd.DataFrame]:
-    """Generate explanations, re-sample B(M_t) (unless `beh` is given: M0's is already known), and compare."""
+    """Generate explanations, re-sample B(M_t) (unless `beh` is given: M0's is already known), and compare.
+
+    Under `accelerate launch` each process takes every P-th pair and the main process gathers and scores them; the
+    other processes get (None, None)."""
     t0 = time.time()
-    texts = generate(model, tok, explanation_prompts(task, pairs), precision=precision, batch_size=batch_size,
+    shard = devices.shard(devices.of(model).type)
+    mine = pairs[shard[0]::shard[1]] if shard else list(pairs)
+    texts = generate(model, tok, explanation_prompts(task, mine), precision=precision, batch_size=batch_size,
                      max_new_tokens=max_new_tokens, progress=True, desc=f"generating explanations ({label})")
+    mine_beh = None
     if beh is None:
-        beh, _ = behavior.sample_behavior(model, tok, task, pairs, precision=precision, verify_margin=verify_margin,
-                                          progress=True, desc=f"re-sampling behaviour on x and x∖C ({label})")
+        mine_beh, _ = behavior.sample_behavior(model, tok, task, mine, precision=precision, verify_margin=verify_margin,
+                                               progress=True, desc=f"re-sampling behaviour on x and x∖C ({label})")
+    if shard:
+        order = [p.id for p in pairs]
+        texts = devices.gather_texts([p.id for p in mine], texts, order)
+        mine_beh = devices.gather_rows(mine_beh, order) if beh is None else None
+        if texts is None:
+            return None, None
+    beh = beh if beh is not None else mine_beh
     result, per_item = compare(texts, beh, m0_beh, task.choices, seed=seed, n_boot=n_boot, orig_beh=orig_beh,
                                orig_labels=orig_labels)
     result["seconds"] = round(time.time() - t0, 1)

@@ -86,6 +86,8 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
                                           batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
                                           beh=None if path else m0_beh,  # M0's behaviour on these pairs is known
                                           orig_beh=orig_beh, label=f"step {step}" if path else "M0")
+            if res is None:  # another process of a launch: the main one scores and writes
+                continue
             res.update(step=step, checkpoint=str(path) if path else None, inputs=wanted)
             _save(out, res, items)
         res["verdict"] = vars(verdict(res, majority_em, res["label_changed_rate"]))
@@ -96,10 +98,15 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
         print(f"[evaluate] step {step}: Self EM {res['self']['exact_match']['value']:.3f}  Orig EM "
               f"{res['orig']['exact_match']['value']:.3f}  Self−Orig {d['value']:+.3f} [{d['ci'][0]:+.3f}, "
               f"{d['ci'][1]:+.3f}]  label differs on {res['n_label_differs']}  agreement {res['agreement']:.2f}")
+    if devices.secondary():
+        devices.barrier()  # the main process writes; wait for it
+        return results
     if ev.baselines:
         results["baselines"] = stage_baselines(cfg, base, task, pairs, e_orig, zero_shot_texts, results, set_hash)
     with atomic_path(cfg.path("eval", "results.json")) as tmp:
         tmp.write_text(json.dumps(results, indent=2))
+    if devices.shard(str(devices.of(base.model).type)):
+        devices.barrier()
     return results
 
 

@@ -23,7 +23,12 @@ LOCK = ".lock"
 
 @contextmanager
 def locked(run_dir: Path) -> Iterator[None]:
+    from .devices import secondary
+
     run_dir.mkdir(parents=True, exist_ok=True)
+    if secondary():  # under `accelerate launch` the main process holds the lock for the whole launch
+        yield
+        return
     path = run_dir / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
