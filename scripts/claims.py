@@ -3,6 +3,11 @@
     python scripts/claims.py lambda   # lambda selection on the validation split (configs/claims/lambda_val_*.yaml)
     python scripts/claims.py arms     # every arm (configs/claims/hint_expert_lam*_s*.yaml), then the table
     python scripts/claims.py table    # the table and verdict from the finished arms -> docs/claims_results.{md,json}
+    python scripts/claims.py archive  # copy finished arms' eval results into docs/claims_runs/ (committed)
+
+Each finished arm's training log and evaluation (train/metrics.jsonl, eval/results.json and eval/step_*/items.parquet:
+pair ids, generated explanations, labels and answers, no benchmark text) is archived in docs/claims_runs/ARM/, so the table can be re-made, and the
+remaining arms added, in a fresh checkout without re-running the finished ones.
 
 Arms are plain `introspect run` configs, so each re-runs only what changed and resumes after a kill. The decision
 rule below is the one written in docs/claims.md before any arm ran; this script only applies it.
@@ -21,6 +26,7 @@ import numpy as np
 from introspect import metrics
 from introspect.run_config import load_run_config
 from introspect.tables import read_table
+from introspect.tasks import get_task
 from introspect.validity import Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,15 +56,45 @@ def reuse(config: Path) -> None:
                 break
 
 
+ARCHIVE = ROOT / "docs" / "claims_runs"
+
+
 def run(config: Path) -> None:
     reuse(config)
     print(f"=== introspect run {config.relative_to(ROOT)}", flush=True)
     subprocess.run([sys.executable, "-m", "introspect.cli", "run", str(config)], check=True, cwd=ROOT)
+    archive(config)
+
+
+def eval_dir(config: Path) -> Path:
+    """The arm's eval folder: the run directory's when it has results, else the committed archive's."""
+    live = ROOT / load_run_config(config).run_dir / "eval"
+    return live if (live / "results.json").is_file() else ARCHIVE / config.stem / "eval"
+
+
+def archive(config: Path) -> None:
+    """Copy a finished arm's train/metrics.jsonl, eval/results.json and eval/step_*/items.parquet into
+    docs/claims_runs/ARM/ (the run directory's layout, so scripts/early_warning.py reads it as a run)."""
+    import shutil
+
+    run_dir = ROOT / load_run_config(config).run_dir
+    if not (run_dir / "eval" / "results.json").is_file():
+        return
+    dest = ARCHIVE / config.stem
+    for src in [run_dir / "train" / "metrics.jsonl", run_dir / "eval" / "results.json",
+                *sorted(run_dir.glob("eval/step_*/items.parquet"))]:
+        target = dest / src.relative_to(run_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+    print(f"[claims] archived {run_dir} -> {dest.relative_to(ROOT)}")
+
+
+def finished(config: Path) -> bool:
+    return (eval_dir(config) / "results.json").is_file()
 
 
 def results(config: Path) -> dict:
-    cfg = load_run_config(config)
-    return json.loads((ROOT / cfg.run_dir / "eval" / "results.json").read_text())
+    return json.loads((eval_dir(config) / "results.json").read_text())
 
 
 def choose_lambda() -> None:
@@ -78,16 +114,12 @@ def choose_lambda() -> None:
 
 def arm_items(config: Path, step: int) -> tuple[metrics.Items, metrics.Items, np.ndarray]:
     cfg = load_run_config(config)
-    items, _ = read_table(ROOT / cfg.run_dir / "eval" / f"step_{step:06d}" / "items.parquet")
-    choices = cfg_choices(items)
+    items, _ = read_table(eval_dir(config) / f"step_{step:06d}" / "items.parquet")
+    choices = list(get_task(cfg.task, **cfg.task_options).choices)  # the task's choice set, as evaluation scores it
     texts = items["text"].tolist()
     self_it = metrics.items(texts, items["self_changed"], items["self_letter"], choices)
     orig_it = metrics.items(texts, items["orig_changed"], items["orig_letter"], choices)
     return self_it, orig_it, items["label_differs"].to_numpy()
-
-
-def cfg_choices(items) -> list[str]:
-    return sorted(set(items["orig_letter"]) | set(items["self_letter"]))
 
 
 def pooled(arms: list[tuple[metrics.Items, metrics.Items, np.ndarray]], metric: str, differing: bool = False,
@@ -131,19 +163,25 @@ def contrast(reg, noreg, seed: int = 0) -> dict:
 
 def table() -> None:
     lam_star = json.loads((ROOT / "docs" / "claims_lambda.json").read_text())["lambda_star"] if (ROOT / "docs" / "claims_lambda.json").is_file() else "1"
-    lines = ["| arm | step | Self EM | Orig EM | Self − Orig EM [95% CI] | on differing items (n) | HC-F1 Self − Orig | agreement | validity |",
+    ci = lambda m: f"{m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]"  # noqa: E731
+    lines = ["| arm | step | Self EM [95% CI] | Orig EM [95% CI] | Self − Orig EM [95% CI] | on differing items (n) | HC-F1 Self − Orig | agreement | validity |",
              "|---|---|---|---|---|---|---|---|---|"]
     out: dict = {"lambda_star": lam_star, "arms": {}}
     groups: dict[str, list] = {"reg": [], "noreg": []}
     valid_reg = True
-    for config in sorted(CONFIGS.glob("hint_expert_lam*_s*.yaml")):
+    configs = sorted(CONFIGS.glob("hint_expert_lam*_s*.yaml"))
+    missing = [c.stem for c in configs if not finished(c)]
+    for config in configs:
+        if config.stem in missing:
+            lines.append(f"| {config.stem} | — | not run yet | | | | | | |")
+            continue
         res = results(config)
         for key in sorted(res["checkpoints"], key=int)[1:]:
             r = res["checkpoints"][key]
             v = Verdict(**r["verdict"])
             d, dd = r["self_minus_orig"]["exact_match"], r.get("self_minus_orig_on_differing", {}).get("exact_match")
             hc = r["self_minus_orig"]["has_changed_f1"]
-            lines.append(f"| {config.stem} | {key} | {r['self']['exact_match']['value']:.3f} | {r['orig']['exact_match']['value']:.3f} | "
+            lines.append(f"| {config.stem} | {key} | {ci(r['self']['exact_match'])} | {ci(r['orig']['exact_match'])} | "
                          f"{d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | "
                          + (f"{dd['value']:+.3f} [{dd['ci'][0]:+.3f}, {dd['ci'][1]:+.3f}] ({r['n_label_differs']})" if dd else "n/a (0)")
                          + f" | {hc['value']:+.3f} [{hc['ci'][0]:+.3f}, {hc['ci'][1]:+.3f}] | {r['agreement']:.2f} | {v.line()} |")
@@ -162,14 +200,20 @@ def table() -> None:
         summary["contrast_reg_minus_noreg"] = contrast(groups["reg"], groups["noreg"])
     reg = summary.get("reg", {}).get("exact_match")
     if not valid_reg:
-        decision = "not a valid test: the lambda > 0 arm failed a validity condition (see the table); no verdict on the claim"
+        decision = ("not a valid test: a lambda > 0 arm's last checkpoint failed a validity condition (see the table); "
+                    "no verdict on the claim")
+        if missing:
+            decision += f" (final under the rule whatever the arms not run yet give: {', '.join(missing)})"
+    elif missing:
+        decision = (f"none yet: {len(missing)} of {len(configs)} pre-registered arms not run ({', '.join(missing)}); "
+                    f"the rule needs both seeds of both arms")
     elif reg and reg["ci"][0] > 0 and summary.get("contrast_reg_minus_noreg", {}).get("ci", [0])[0] > 0:
         decision = "supported"
     elif reg and reg["ci"][1] < REFUTE_BELOW:
         decision = "refuted"
     else:
         decision = "inconclusive"
-    out.update(pooled=summary, decision=decision)
+    out.update(pooled=summary, decision=decision, arms_not_run=missing)
     md = ["# Claims experiment: results (written by `python scripts/claims.py table`)", "", *lines, "",
           "Pooled over seeds (last checkpoint; mean of per-seed Self − Orig, 95% paired-bootstrap CI over items):", ""]
     for name, s in summary.items():
@@ -182,7 +226,7 @@ def table() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["lambda", "arms", "table"])
+    ap.add_argument("what", choices=["lambda", "arms", "table", "archive"])
     args = ap.parse_args()
     if args.what == "lambda":
         choose_lambda()
@@ -199,6 +243,9 @@ def main() -> None:
         for config in sorted(CONFIGS.glob("hint_expert_lam*_s*.yaml"), key=lambda c: (c.stem[-2:], "_lam0_" in c.stem)):
             run(config)
         table()
+    elif args.what == "archive":
+        for config in sorted(CONFIGS.glob("hint_expert_lam*_s*.yaml")):
+            archive(config)
     else:
         table()
 

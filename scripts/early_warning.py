@@ -1,6 +1,7 @@
 """Does an early training signal predict whether the final checkpoint is coupled? (issue: coupling monitor, item 2)
 
-    python scripts/early_warning.py [RUN ...]      # default: every finished run under runs/claims/ and runs/demo
+    python scripts/early_warning.py [RUN ...]      # default: every finished run under runs/claims/ and runs/demo,
+                                                   # and the archived claims arms (docs/claims_runs/) not among them
 
 Per finished run (train/metrics.jsonl + eval/results.json): early signals from the first 10-20% of training — the
 mean training KL to M0 (`behavior_kl`), the slope of log explanation loss per 1% of training, and the probe's
@@ -60,8 +61,11 @@ def outcome(run: Path) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="*", type=Path)
+    ap.add_argument("--carry", action="store_true", help="keep the rows of docs/early_warning.json whose run directory "
+                    "is gone (runs/ is not committed), marked as carried, so the analysis grows across sessions")
     args = ap.parse_args()
-    runs = args.runs or sorted([*ROOT.glob("runs/claims/*"), ROOT / "runs" / "demo"])
+    live = sorted([*ROOT.glob("runs/claims/*"), ROOT / "runs" / "demo"])  # archived arms stand in for absent run dirs
+    runs = args.runs or live + sorted(a for a in ROOT.glob("docs/claims_runs/*") if a.name not in {r.name for r in live})
     table = []
     for run in runs:
         if not ((run / "eval" / "results.json").is_file() and (run / "train" / "metrics.jsonl").is_file()):
@@ -69,6 +73,10 @@ def main() -> None:
         e = early(run)
         if e:
             table.append({"run": run.name, **e, **outcome(run)})
+    old = ROOT / "docs" / "early_warning.json"
+    if args.carry and old.is_file():
+        seen = {r["run"] for r in table}
+        table += [{**r, "carried": True} for r in json.loads(old.read_text())["runs"] if r["run"] not in seen]
     signals = ["kl_10_20", "log_expl_slope_10_20", "probe_agreement_le_20"]
     summary = {}
     for s in signals:
@@ -88,9 +96,11 @@ def main() -> None:
             "coupled", "valid", "n_eval"]
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     md = ["# Early warning: do early signals predict a coupled final checkpoint?", "",
-          "Written by `python scripts/early_warning.py` (the command, the runs it read and every number below).", "",
+          "Written by `python scripts/early_warning.py --carry` (the command, the runs it read and every number below;",
+          "rows marked * were carried from an earlier run of the script whose run directory is no longer here).", "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(fmt(r.get(c, "—")) for c in cols) + " |" for r in table]
+    md += ["| " + " | ".join(fmt(r.get(c, "—")) + ("*" if c == "run" and r.get("carried") else "") for c in cols) + " |"
+           for r in table]
     md += ["", "| signal | runs | Spearman ρ with final Self − Orig | median-split accuracy for coupled | coupled runs |",
            "|---|---|---|---|---|"]
     for s, v in summary.items():

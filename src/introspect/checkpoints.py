@@ -181,3 +181,26 @@ def clean_tmp(root: Path) -> list[Path]:
             p.unlink(missing_ok=True)
         gone.append(p)
     return gone
+
+
+def resume_point(ckdir: Path, wanted: dict[str, str], resume: bool, say: Any, config: dict[str, Any]) -> Path | None:
+    """The checkpoint to resume from, after checking it was made from the same inputs (`wanted`, the run's
+    `provenance.inputs`); None to start at step 0. `config` is the run's config as a dict, to name changed keys."""
+    from . import provenance
+
+    newest = last(ckdir)
+    if not resume:
+        if newest is not None:
+            raise UserError(f"{ckdir} already holds checkpoints (newest {newest.name}): pass --resume to continue that "
+                            f"run, or use a new out_dir (config key out_dir)")
+        return None
+    if newest is None:
+        say(f"[train] --resume: nothing to resume in {ckdir} (no complete checkpoint): starting from step 0")
+        return None
+    diff = provenance.changed_keys(meta(newest).get("inputs"), wanted)
+    if diff:
+        old = meta(newest).get("config", {})
+        keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k != "keep_checkpoints")
+        raise UserError(f"cannot resume from {newest}: it was made from other inputs (changed: {', '.join(diff)}"
+                        f"{'; config keys ' + ', '.join(keys) if keys else ''}); use a new out_dir or delete {ckdir}")
+    return newest

@@ -13,6 +13,7 @@ from typing import Any
 
 from .config import DATA_ENV, REPO_ROOT, VERIFY_MARGIN, UserError, data_root, seed_everything, write_jsonl
 from .models import list_models
+from .cli_audit import add_audit_parser
 from .tasks import TASKS
 from .typed import parse_assignment
 
@@ -160,23 +161,6 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"[report] wrote {path}, {Path(args.run_dir) / 'summary.md'} and {Path(args.run_dir) / 'figures'}/")
 
 
-def cmd_audit(args: argparse.Namespace) -> None:
-    from . import audit
-
-    if args.action == "init":
-        audit.init(Path(args.ledger), Path(args.pairs), Path(args.labels), n=args.n)
-    elif args.action == "add":
-        audit.add(Path(args.ledger), args.model, tag=args.tag, note=args.note or "", precision=args.precision,
-                  verify_margin=args.verify_margin, seed=args.seed, n_boot=args.n_boot, batch_size=args.batch_size,
-                  max_new_tokens=args.max_new_tokens, device=args.device)
-    elif args.action == "show":
-        audit.show(Path(args.ledger), Path(args.png) if args.png else None)
-    elif args.action == "diff":
-        audit.diff(Path(args.ledger), args.a, args.b, Path(args.csv) if args.csv else None)
-    else:
-        audit.verify(Path(args.ledger))
-
-
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct", help="registry name, local dir or hub id (see `introspect models`)")
     p.add_argument("--split", default="val", help="data split, e.g. val, dev, test, val+dev")
@@ -281,36 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, nested with dots "
                    "(e.g. train.weights.behavior_kl=0)")
     p.set_defaults(fn=cmd_run)
-    p = sub.add_parser("audit", help="audit ledger: a frozen explanation set checked across model versions (SQLite)")
-    act = p.add_subparsers(dest="action", required=True)
-    a = act.add_parser("init", help="freeze pairs + fixed labels into a new ledger")
-    a.add_argument("ledger")
-    a.add_argument("--pairs", required=True, help="BehaviorTable Parquet: the pairs and M0's behaviour on them")
-    a.add_argument("--labels", required=True, help="labels Parquet (`introspect label`): the fixed explanations' labels")
-    a.add_argument("--n", type=int, default=0, help="freeze only the first N pairs (0 = all)")
-    a = act.add_parser("add", help="behaviour + explanations of one model version, scored and appended")
-    a.add_argument("ledger")
-    a.add_argument("model", help="a model (registry name, local dir) or a training checkpoint dir (RUN/train/checkpoints/step_N)")
-    a.add_argument("--tag", required=True, help="a unique name for this version, e.g. v2")
-    a.add_argument("--note", default=None)
-    a.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
-    a.add_argument("--verify-margin", type=float, default=VERIFY_MARGIN)
-    a.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    a.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    a.add_argument("--n-boot", type=int, default=1000)
-    a.add_argument("--batch-size", type=int, default=16, help="explanations generated per batch")
-    a.add_argument("--max-new-tokens", type=int, default=40)
-    a = act.add_parser("show", help="history of every version, a figure, and flagged versions")
-    a.add_argument("ledger")
-    a.add_argument("--png", default=None, help="figure path (default: LEDGER with .png)")
-    a = act.add_parser("diff", help="per item: did behaviour and explanation change together between two versions?")
-    a.add_argument("ledger")
-    a.add_argument("a", metavar="V1")
-    a.add_argument("b", metavar="V2")
-    a.add_argument("--csv", default=None, help="write the per-item comparison here")
-    a = act.add_parser("verify", help="recompute the hash chain; fails on any modified row")
-    a.add_argument("ledger")
-    p.set_defaults(fn=cmd_audit)
+    act = add_audit_parser(sub)
 
     for p in [*sub.choices.values(), *act.choices.values()]:
         p.set_defaults(parser=p)

@@ -98,3 +98,19 @@ def barrier() -> None:
     from accelerate import PartialState
 
     PartialState().wait_for_everyone()
+
+
+def memory_estimate(model: Any, params: list, *, max_length: int, rows: int, activation_checkpointing: bool) -> str:
+    """A rough per-process training memory estimate: fp32 weights, gradients and AdamW's two moments of the trainable
+    parameters, and the activations of one forward of `rows` rows of `max_length` tokens
+    (docs/training.md#devices-and-gpus says how rough)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in params)
+    config = getattr(model, "config", None)
+    hidden = getattr(config, "hidden_size", 0) or 0
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    act = max_length * rows * hidden * layers * (2 if activation_checkpointing else 34) * 2  # bf16; ~34 values/token/layer
+    weights, train_state = total * 4, trainable * 4 * 3
+    gb = lambda b: f"{b / 1e9:.1f} GB"  # noqa: E731
+    return (f"weights {gb(weights)} + gradients and AdamW state {gb(train_state)} + activations up to "
+            f"{gb(act)} (rows of {max_length} tokens) = about {gb(weights + train_state + act)}")

@@ -15,17 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from .config import REPO_ROOT, UserError, atomic_path
+from .metrics import DEFINITIONS, METRICS
+from .report_figures import COLLAPSE, collapsed, figures
+from .tables import read_meta
+from .validity import Verdict, headline as verdict_headline
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .config import REPO_ROOT, UserError, atomic_path, read_jsonl  # noqa: E402
-from .metrics import DEFINITIONS, METRICS  # noqa: E402
-from .tables import read_meta  # noqa: E402
-from .validity import Verdict, headline as verdict_headline  # noqa: E402
-
-COLLAPSE = (0.05, 0.95)
 
 
 def _fmt(v: float) -> str:
@@ -45,106 +40,6 @@ def load_results(run: Path) -> dict[str, Any]:
         raise UserError(f"{path} was written by an older introspect without validity verdicts: run "
                         f"`introspect evaluate {run}` again (finished checkpoints are re-scored, nothing is retrained)")
     return res
-
-
-def _save(fig: Any, path: Path, tight: bool = True) -> Path:
-    if tight:
-        fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends sit outside the axes: keep them in the image
-    plt.close(fig)
-    return path
-
-
-def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict[str, Path]:
-    out_dir = run / "figures"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = sorted(res["checkpoints"].values(), key=lambda r: r["step"])
-    steps = [r["step"] for r in rows]
-    paths: dict[str, Path] = {}
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
-    for ax, m in zip(axes, (metric, "has_changed_f1")):
-        for key, color, label in (("self", "tab:blue", "Self: vs current behaviour E(M_t)"),
-                                  ("orig", "tab:orange", "Orig: vs the fixed training labels")):
-            vals = [r[key][m]["value"] for r in rows]
-            lo = [r[key][m]["ci"][0] for r in rows]
-            hi = [r[key][m]["ci"][1] for r in rows]
-            ax.plot(steps, vals, "o-", color=color, label=label)
-            ax.fill_between(steps, lo, hi, color=color, alpha=0.2)
-        for name, b in res.get("baselines", {}).items():
-            if name in ("majority", "nearest", "few_shot"):
-                ax.axhline(b["orig"][m]["value"], ls=":", lw=1, color="gray")
-                ax.annotate(f"{name} (vs E(M0))", (steps[-1], b["orig"][m]["value"]), fontsize=7, color="gray",
-                            ha="right", va="bottom")
-        majority = res.get("baselines", {}).get("majority")
-        if majority:  # the same constant answer scored against the last checkpoint's own labels
-            ax.plot([steps[-1]], [majority["self_last"][m]["value"]], "*", ms=11, color="black",
-                    label="majority label vs E(M_last): a constant answer")
-        collapsed = [r for r in rows if _collapsed(r)]
-        if collapsed:
-            ax.plot([r["step"] for r in collapsed], [r["self"][m]["value"] for r in collapsed], "x", ms=12, color="red",
-                    label="class collapse (predicted-changed rate < 5% or > 95%)")
-        ax.set_xlabel("training step (0 = M0)")
-        ax.set_ylabel(m.replace("_", " "))
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{m.replace('_', ' ')}, 95% bootstrap CI (n={rows[0]['n']})")
-    handles, names = axes[0].get_legend_handles_labels()  # one legend below both panels, never over the data
-    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    paths["self_vs_orig"] = _save(fig, out_dir / "self_vs_orig.png", tight=False)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, [r["drift"] for r in rows], "o-", label="behaviour drift from M0 (eval pairs)")
-    ax.plot(steps, [r["agreement"] for r in rows], "s-", label="agreement of E(M0) with E(M_t)")
-    ax.axhline(0.7, ls="--", color="gray", lw=1)
-    ax.annotate("coupling condition ≈ 0.7", (steps[0], 0.71), fontsize=7, color="gray")
-    ax.set_xlabel("training step (0 = M0)")
-    ax.set_ylabel("fraction of eval pairs")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
-    ax.set_title("drift and label–behaviour agreement")
-    paths["drift"] = _save(fig, out_dir / "drift_agreement.png")
-
-    log = run / "train" / "metrics.jsonl"
-    if log.is_file():
-        rows_t = read_jsonl(log)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for k in ("explanation", "behavior_kl", "sycophancy_reduction", "refusal_tuning"):
-            pts = [(r["step"], r[k]) for r in rows_t if k in r]
-            if pts:
-                ax.plot(*zip(*pts), label=k, lw=1)
-        ax.set_yscale("log")
-        mark_decisions(ax, rows_t)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("loss (log scale)")
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-        ax.set_title("training losses")
-        paths["losses"] = _save(fig, out_dir / "losses.png")
-        checks = [r for r in rows_t if "monitor" in r]
-        if checks:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for key, label in (("agreement", "agreement (held-out monitor pairs)"), ("self_em", "Self EM"),
-                               ("orig_em", "Orig EM"), ("drift", "drift from M0")):
-                ax.plot([r["step"] for r in checks], [r["monitor"][key] for r in checks], "o-", ms=3, label=label)
-            ax.axhline(checks[0]["monitor_decision"].get("min_agreement", 0.7), ls="--", color="gray", lw=1)
-            mark_decisions(ax, rows_t)
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("training step")
-            ax.set_ylabel("fraction of monitor pairs")
-            ax.set_title(f"coupling monitor (policy {checks[0]['monitor_decision']['policy']})")
-            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-            paths["monitor"] = _save(fig, out_dir / "monitor.png")
-    return paths
-
-
-def mark_decisions(ax: Any, rows: list[dict[str, Any]]) -> None:
-    """A dotted line and a label at each step where the coupling monitor acted (not at plain `ok` checks)."""
-    for r in rows:
-        d = r.get("monitor_decision")
-        if d and d["action"] != "ok":
-            ax.axvline(r["step"], ls=":", lw=1, color="red")
-            ax.annotate(d["action"], (r["step"], 0.98), xycoords=("data", "axes fraction"), fontsize=7, color="red",
-                        rotation=90, ha="right", va="top")
 
 
 def last_checkpoint(res: dict[str, Any]) -> dict[str, Any]:
@@ -232,16 +127,11 @@ def summary_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _collapsed(r: dict[str, Any]) -> bool:
-    rate = r["self"]["pred_changed_rate"]["value"]
-    return not math.isnan(rate) and not COLLAPSE[0] <= rate <= COLLAPSE[1]
-
-
 def collapse_warnings(res: dict[str, Any]) -> list[str]:
     out = []
     for r in sorted(res["checkpoints"].values(), key=lambda r: r["step"]):
         rate = r["self"]["pred_changed_rate"]["value"]
-        if _collapsed(r):
+        if collapsed(r):
             out.append(f"class collapse at step {r['step']}: the model predicts 'changed' for {rate:.0%} of parseable "
                        f"items (outside {COLLAPSE[0]:.0%}–{COLLAPSE[1]:.0%}); its Has-Changed F1 is near chance")
     return out

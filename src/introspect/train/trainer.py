@@ -101,43 +101,6 @@ def wrap(model: Any, cfg: TrainConfig) -> Any:
         return get_peft_model(model, lc)
 
 
-def memory_estimate(model: Any, params: list, cfg: TrainConfig) -> str:
-    """A rough per-process training memory estimate: fp32 weights, gradients and AdamW's two moments of the trainable
-    parameters, and the activations of one row (docs/training.md#devices-and-gpus says how rough)."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in params)
-    config = getattr(model, "config", None)
-    hidden = getattr(config, "hidden_size", 0) or 0
-    layers = getattr(config, "num_hidden_layers", 0) or 0
-    tokens = cfg.max_length * cfg.rows_per_forward
-    act = tokens * hidden * layers * (2 if cfg.activation_checkpointing else 34) * 2  # bf16 bytes; ~34 values/token/layer
-    weights, train_state = total * 4, trainable * 4 * 3
-    gb = lambda b: f"{b / 1e9:.1f} GB"  # noqa: E731
-    return (f"weights {gb(weights)} + gradients and AdamW state {gb(train_state)} + activations up to "
-            f"{gb(act)} (rows of {cfg.max_length} tokens) = about {gb(weights + train_state + act)}")
-
-
-def resume_point(cfg: TrainConfig, ckdir: Path, wanted: dict[str, str], resume: bool, say: Any) -> Path | None:
-    """The checkpoint to resume from, after checking it was made from the same inputs; None to start at step 0."""
-    last = checkpoints.last(ckdir)
-    if not resume:
-        if last is not None:
-            raise UserError(f"{ckdir} already holds checkpoints (newest {last.name}): pass --resume to continue that run, "
-                            f"or use a new out_dir (config key out_dir)")
-        return None
-    if last is None:
-        say(f"[train] --resume: nothing to resume in {ckdir} (no complete checkpoint): starting from step 0")
-        return None
-    diff = provenance.changed_keys(checkpoints.meta(last).get("inputs"), wanted)
-    if diff:
-        old = checkpoints.meta(last).get("config", {})
-        keys = sorted(k for k in set(old) | set(to_dict(cfg)) if old.get(k) != to_dict(cfg).get(k)
-                      and k not in ("keep_checkpoints",))
-        raise UserError(f"cannot resume from {last}: it was made from other inputs (changed: {', '.join(diff)}"
-                        f"{'; config keys ' + ', '.join(keys) if keys else ''}); use a new out_dir or delete {ckdir}")
-    return last
-
-
 def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     """Run (or resume) training; returns the output directory."""
     # precision is our own autocast (devices.autocast), not accelerate's process-wide mixed_precision setting
@@ -165,7 +128,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         if getattr(cfg, key) % (world * cfg.grad_accum):
             raise UserError(f"config key {key}={getattr(cfg, key)} must divide by processes x grad_accum = {world * cfg.grad_accum}")
     wanted = train_inputs(cfg)
-    start_from = resume_point(cfg, ckdir, wanted, resume, say)
+    start_from = checkpoints.resume_point(ckdir, wanted, resume, say, config=to_dict(cfg))
     loaded = load_model(cfg.model, seed=cfg.seed, hash_weights=False)
     tok = loaded.tokenizer
     pairs = pairs_from_table(beh, task)
@@ -193,7 +156,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     model = wrap(loaded.model, cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    say(f"[train] memory estimate: {memory_estimate(model, params, cfg)}")
+    say(f"[train] memory estimate: {devices.memory_estimate(model, params, max_length=cfg.max_length, rows=cfg.rows_per_forward, activation_checkpointing=cfg.activation_checkpointing)}")
     say(f"[train] {len(expl)} explanation examples, {len(pairs)} behaviour pairs ({task.name}); "
         f"{cfg.finetune} with {sum(p.numel() for p in params) / 1e6:.2f}M trainable params; {world} process(es) on {acc.device}")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
