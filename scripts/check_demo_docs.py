@@ -4,7 +4,9 @@
 
 Formats the last checkpoint of runs/demo/eval/results.json as the line the docs carry (`demo headline: ...`) and
 exits 1, printing both, when the docs say something else. The demo is deterministic on CPU (same seed, same numbers),
-so any difference means the code, the model conversion or the data changed since the docs were written.
+so any difference means the code, the model conversion or the data changed since the docs were written: the docs'
+`demo inputs:` line (the converted model's weights hash and the train / eval pairs hashes) says which — a different
+weights hash is the model conversion, a different pairs hash the data, both equal the code or the libraries.
 """
 
 from __future__ import annotations
@@ -25,17 +27,32 @@ def headline(res: dict) -> str:
             f"label differs on {last['n_label_differs']} of {last['n']}, valid test: {last['verdict']['valid']}")
 
 
+def inputs_line(run: Path) -> str:
+    import pyarrow.parquet as pq
+
+    meta = {k: json.loads(pq.read_metadata(run / k).metadata[b"introspect"])
+            for k in ("train/behavior.parquet", "eval/m0_behavior.parquet")}
+    return (f"demo inputs: weights {meta['train/behavior.parquet']['weights_hash']}, "
+            f"train pairs {meta['train/behavior.parquet']['pairs_hash']}, eval pairs {meta['eval/m0_behavior.parquet']['pairs_hash']}")
+
+
 def main() -> int:
     res_path = ROOT / "runs" / "demo" / "eval" / "results.json"
     if not res_path.is_file():
         print(f"{res_path} does not exist: run `make demo` first", file=sys.stderr)
         return 2
     fresh = headline(json.loads(res_path.read_text()))
-    documented = re.findall(r"demo headline: [^\n`]*", (ROOT / "docs" / "experiments.md").read_text())
-    if fresh in documented:
-        print(f"docs/experiments.md matches the fresh run: {fresh}")
+    docs = (ROOT / "docs" / "experiments.md").read_text()
+    documented = re.findall(r"demo headline: [^\n`]*", docs)
+    fresh_inputs = inputs_line(res_path.parents[1])
+    documented_inputs = re.findall(r"demo inputs: [^\n`]*", docs)
+    if fresh in documented and fresh_inputs in documented_inputs:
+        print(f"docs/experiments.md matches the fresh run: {fresh}; {fresh_inputs}")
         return 0
     print(f"docs/experiments.md says: {documented or 'no demo headline line'}\nthe fresh run gives:    {fresh}", file=sys.stderr)
+    print(f"docs/experiments.md says: {documented_inputs or 'no demo inputs line'}\nthe fresh run has:      {fresh_inputs}"
+          + ("" if fresh_inputs in documented_inputs else "  (the model conversion or the data differ: see which hash)"),
+          file=sys.stderr)
     return 1
 
 

@@ -37,7 +37,8 @@ REFUTE_BELOW = 0.02  # refuted: the pooled Self − Orig CI excludes every effec
 N_BOOT = 2000
 
 
-SHARED = ("train/behavior.parquet", "train/labels.parquet", "eval/m0_behavior.parquet")
+SHARED = ("train/behavior.parquet", "train/labels.parquet", "eval/m0_behavior.parquet",
+          "eval/step_000000/result.json", "eval/step_000000/items.parquet")  # M0 on the shared eval set
 
 
 def reuse(config: Path) -> None:
@@ -49,7 +50,9 @@ def reuse(config: Path) -> None:
     for rel in SHARED:
         if (run_dir / rel).exists():
             continue
-        for other in sorted((ROOT / "runs" / "claims").glob(f"*/{rel}")):
+        arm = lambda p: p.parents[len(Path(rel).parts) - 1].name  # noqa: E731
+        # a same-seed sibling first: its training tables have this arm's inputs (another seed's would be re-run)
+        for other in sorted((ROOT / "runs" / "claims").glob(f"*/{rel}"), key=lambda p: (arm(p)[-2:] != config.stem[-2:], p)):
             if other.parents[len(Path(rel).parts) - 1] != run_dir:
                 (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(other, run_dir / rel)
