@@ -14,7 +14,9 @@ The CLI's single-stage commands call these same functions. A run directory is lo
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -86,9 +88,10 @@ def writable(out: Path) -> None:
     """Fail before any work when `out` cannot be written (not after an hour of sampling)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.parent / f".{out.name}.probe.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # a unique name: the processes of one `accelerate launch` probe the same folder at once
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe.tmp", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise UserError(f"cannot write {out} ({e.strerror}): choose another output path (flag --out / config key run_dir)") from None
 
