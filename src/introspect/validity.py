@@ -55,9 +55,13 @@ def verdict(result: dict[str, Any], majority_em: float | None, label_changed_rat
         fails.append("no majority baseline to compare with")
     elif not orig_em >= majority_em + LEARN_MARGIN:
         fails.append(f"explainer did not learn (Orig EM {orig_em:.3f} < majority {majority_em:.3f} + {LEARN_MARGIN})")
-    if math.isnan(hc) or hc < MIN_HC_F1:
+    if math.isnan(hc):
+        fails.append("Has-Changed F1 vs Orig undefined (no parseable explanation)")
+    elif hc < MIN_HC_F1:
         fails.append(f"Has-Changed F1 vs Orig {hc:.2f} < {MIN_HC_F1}")
-    if math.isnan(pred_changed) or abs(pred_changed - label_changed_rate) > COLLAPSE_TOLERANCE:
+    if math.isnan(pred_changed):
+        fails.append("no explanation parses, so no predicted verdicts (counted as collapse)")
+    elif abs(pred_changed - label_changed_rate) > COLLAPSE_TOLERANCE:
         fails.append(f"collapse (predicts changed {pred_changed:.0%} vs labels {label_changed_rate:.0%})")
     if differing < MIN_DIFFERING:
         fails.append(f"only {differing} items whose label differs (< {MIN_DIFFERING})")
