@@ -52,7 +52,8 @@ def reuse(config: Path) -> None:
             continue
         arm = lambda p: p.parents[len(Path(rel).parts) - 1].name  # noqa: E731
         # a same-seed sibling first: its training tables have this arm's inputs (another seed's would be re-run)
-        for other in sorted((ROOT / "runs" / "claims").glob(f"*/{rel}"), key=lambda p: (arm(p)[-2:] != config.stem[-2:], p)):
+        found = [*(ROOT / "runs" / "claims").glob(f"*/{rel}"), *ARCHIVE.glob(f"*/{rel}")]  # M0's step 0 is archived
+        for other in sorted(found, key=lambda p: (arm(p)[-2:] != config.stem[-2:], p)):
             if other.parents[len(Path(rel).parts) - 1] != run_dir:
                 (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(other, run_dir / rel)
@@ -85,7 +86,7 @@ def archive(config: Path) -> None:
         return
     dest = ARCHIVE / config.stem
     for src in [run_dir / "train" / "metrics.jsonl", run_dir / "eval" / "results.json",
-                *sorted(run_dir.glob("eval/step_*/items.parquet"))]:
+                *sorted(run_dir.glob("eval/step_*/items.parquet")), *sorted(run_dir.glob("eval/step_*/result.json"))]:
         target = dest / src.relative_to(run_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, target)
@@ -230,9 +231,14 @@ def table() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["lambda", "arms", "table", "archive"])
+    ap.add_argument("--force", action="store_true", help="lambda: re-run the selection even though "
+                    "docs/claims_lambda.json records it (the arms were set from that file)")
     args = ap.parse_args()
     if args.what == "lambda":
-        choose_lambda()
+        if (ROOT / "docs" / "claims_lambda.json").is_file() and not args.force:
+            print("lambda* is recorded in docs/claims_lambda.json (the arms were set from it): skip; --force re-runs it")
+        else:
+            choose_lambda()
     elif args.what == "arms":
         chosen = ROOT / "docs" / "claims_lambda.json"
         if not chosen.is_file():
@@ -244,6 +250,9 @@ def main() -> None:
                          f"set it in the config and commit before running the arms")
         # seed by seed, the regulariser arm first: a partial run still pairs each lambda* arm with its lambda = 0 arm
         for config in sorted(CONFIGS.glob("hint_expert_lam*_s*.yaml"), key=lambda c: (c.stem[-2:], "_lam0_" in c.stem)):
+            if finished(config):  # its results are in the run directory or the committed archive
+                print(f"=== {config.stem}: finished ({eval_dir(config).relative_to(ROOT)}): skip", flush=True)
+                continue
             run(config)
         table()
     elif args.what == "archive":
