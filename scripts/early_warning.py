@@ -106,6 +106,12 @@ def main() -> None:
     for s, v in summary.items():
         md.append(f"| {s} | {v['n']} | " + (f"{v['spearman_with_self_minus_orig']:+.2f} | {v['median_split_accuracy']:.2f} | "
                                            f"{v['coupled_runs']} |" if "note" not in v else f"{v['note']} | | |"))
+    n_valid = sum(bool(r.get("valid")) for r in table)
+    md += ["", f"{len(table)} runs, {n_valid} of them a valid test of coupling (validity column, src/introspect/validity.py). "
+           "\"coupled\" means only that the last checkpoint's Self − Orig 95% CI lies above 0"
+           + (", so it is not evidence of coupling here" if n_valid == 0 else "")
+           + f". With {len(table)} runs a rank correlation can show a strong relation or none, not a usable predictor; "
+           "treat these numbers as a description of these runs."]
     (ROOT / "docs" / "early_warning.md").write_text("\n".join(md) + "\n")
     (ROOT / "docs" / "early_warning.json").write_text(json.dumps({"runs": table, "signals": summary}, indent=2))
     print("\n".join(md))
