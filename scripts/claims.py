@@ -4,6 +4,7 @@
     python scripts/claims.py arms     # every arm (configs/claims/hint_expert_lam*_s*.yaml), then the table
     python scripts/claims.py table    # the table and verdict from the finished arms -> docs/claims_results.{md,json}
     python scripts/claims.py archive  # copy finished arms' eval results into docs/claims_runs/ (committed)
+    python scripts/claims.py --experiment 2 arms|table|archive   # the second pre-registration (configs/claims_v2/)
 
 Each finished arm's training log and evaluation (train/metrics.jsonl, eval/results.json and eval/step_*/items.parquet:
 pair ids, generated explanations, labels and answers, no benchmark text) is archived in docs/claims_runs/ARM/, so the table can be re-made, and the
@@ -30,7 +31,12 @@ from introspect.tasks import get_task
 from introspect.validity import Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs" / "claims"
+CONFIGS = ROOT / "configs" / "claims"  # the lambda-selection configs, and experiment 1's arms
+EXPERIMENTS = {  # pre-registered experiments (docs/claims.md): arm configs, archive of finished arms, results file stem
+    "1": (CONFIGS, ROOT / "docs" / "claims_runs", ROOT / "docs" / "claims_results"),
+    "2": (ROOT / "configs" / "claims_v2", ROOT / "docs" / "claims_v2_runs", ROOT / "docs" / "claims_v2_results"),
+}
+ARMS, ARCHIVE, RESULTS = EXPERIMENTS["1"]
 LAMBDAS = ("0.3", "1", "3")
 MIN_VAL_AGREEMENT = 0.80  # lambda* = the smallest lambda whose validation agreement is at least this
 REFUTE_BELOW = 0.02  # refuted: the pooled Self − Orig CI excludes every effect of +0.02 or more
@@ -52,7 +58,7 @@ def reuse(config: Path) -> None:
             continue
         arm = lambda p: p.parents[len(Path(rel).parts) - 1].name  # noqa: E731
         # a same-seed sibling first: its training tables have this arm's inputs (another seed's would be re-run)
-        found = [*(ROOT / "runs" / "claims").glob(f"*/{rel}"), *ARCHIVE.glob(f"*/{rel}")]  # M0's step 0 is archived
+        found = [*run_dir.parent.glob(f"*/{rel}"), *ARCHIVE.glob(f"*/{rel}")]  # M0's step 0 is archived
         for other in sorted(found, key=lambda p: (arm(p)[-2:] != config.stem[-2:], p)):
             if other.parents[len(Path(rel).parts) - 1] != run_dir:
                 (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +66,6 @@ def reuse(config: Path) -> None:
                 break
 
 
-ARCHIVE = ROOT / "docs" / "claims_runs"
 
 
 def run(config: Path) -> None:
@@ -173,7 +178,7 @@ def table() -> None:
     out: dict = {"lambda_star": lam_star, "arms": {}}
     groups: dict[str, list] = {"reg": [], "noreg": []}
     valid_reg = True
-    configs = sorted(CONFIGS.glob("hint_expert_lam*_s*.yaml"))
+    configs = sorted(ARMS.glob("hint_expert_lam*_s*.yaml"))
     missing = [c.stem for c in configs if not finished(c)]
     for config in configs:
         if config.stem in missing:
@@ -223,17 +228,22 @@ def table() -> None:
     for name, s in summary.items():
         md.append(f"- {name}: " + json.dumps(s))
     md += ["", f"**Decision by the pre-registered rule: {decision}**", ""]
-    (ROOT / "docs" / "claims_results.md").write_text("\n".join(md))
-    (ROOT / "docs" / "claims_results.json").write_text(json.dumps(out, indent=2))
+    RESULTS.with_suffix(".md").write_text("\n".join(md))
+    RESULTS.with_suffix(".json").write_text(json.dumps(out, indent=2))
     print("\n".join(md))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["lambda", "arms", "table", "archive"])
+    ap.add_argument("--experiment", choices=sorted(EXPERIMENTS), default="1",
+                    help="which pre-registered experiment's arms (docs/claims.md): 1 (configs/claims/) or 2 "
+                         "(configs/claims_v2/)")
     ap.add_argument("--force", action="store_true", help="lambda: re-run the selection even though "
                     "docs/claims_lambda.json records it (the arms were set from that file)")
     args = ap.parse_args()
+    global ARMS, ARCHIVE, RESULTS
+    ARMS, ARCHIVE, RESULTS = EXPERIMENTS[args.experiment]
     if args.what == "lambda":
         if (ROOT / "docs" / "claims_lambda.json").is_file() and not args.force:
             print("lambda* is recorded in docs/claims_lambda.json (the arms were set from it): skip; --force re-runs it")
@@ -244,19 +254,19 @@ def main() -> None:
         if not chosen.is_file():
             sys.exit("run `python scripts/claims.py lambda` first: the lambda > 0 arms use lambda* from the validation split")
         lam_star = float(json.loads(chosen.read_text())["lambda_star"])
-        for config in sorted(CONFIGS.glob("hint_expert_lamstar_s*.yaml")):
+        for config in sorted(ARMS.glob("hint_expert_lamstar_s*.yaml")):
             if load_run_config(config).train["weights"]["behavior_kl"] != lam_star:
                 sys.exit(f"{config}: train.weights.behavior_kl must be lambda* = {lam_star} (docs/claims_lambda.json); "
                          f"set it in the config and commit before running the arms")
         # seed by seed, the regulariser arm first: a partial run still pairs each lambda* arm with its lambda = 0 arm
-        for config in sorted(CONFIGS.glob("hint_expert_lam*_s*.yaml"), key=lambda c: (c.stem[-2:], "_lam0_" in c.stem)):
+        for config in sorted(ARMS.glob("hint_expert_lam*_s*.yaml"), key=lambda c: (c.stem[-2:], "_lam0_" in c.stem)):
             if finished(config):  # its results are in the run directory or the committed archive
                 print(f"=== {config.stem}: finished ({eval_dir(config).relative_to(ROOT)}): skip", flush=True)
                 continue
             run(config)
         table()
     elif args.what == "archive":
-        for config in sorted(CONFIGS.glob("hint_expert_lam*_s*.yaml")):
+        for config in sorted(ARMS.glob("hint_expert_lam*_s*.yaml")):
             archive(config)
     else:
         table()
