@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo check-demo check-report test test-quick bench gpu-check gemma claim-hint clean
+.PHONY: setup demo check-demo check-report test test-quick bench gpu-check gemma claim-hint claim-hint-2 clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ test-quick: $(STAMP)
 claim-hint: $(STAMP)
 	$(BIN)/python scripts/claims.py lambda
 	$(BIN)/python scripts/claims.py arms
+
+# Pre-registration 2 (docs/claims.md): the same test with 1,200 eval pairs, new seeds; every arm, then the table.
+claim-hint-2: $(STAMP)
+	$(BIN)/python scripts/claims.py --experiment 2 arms
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'
