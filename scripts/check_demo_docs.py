@@ -28,12 +28,11 @@ def headline(res: dict) -> str:
 
 
 def inputs_line(run: Path) -> str:
-    import pyarrow.parquet as pq
+    """The converted model's weights hash and the hashes of the train and eval pairs, from the tables' provenance."""
+    from introspect.tables import read_meta
 
-    meta = {k: json.loads(pq.read_metadata(run / k).metadata[b"introspect"])
-            for k in ("train/behavior.parquet", "eval/m0_behavior.parquet")}
-    return (f"demo inputs: weights {meta['train/behavior.parquet']['weights_hash']}, "
-            f"train pairs {meta['train/behavior.parquet']['pairs_hash']}, eval pairs {meta['eval/m0_behavior.parquet']['pairs_hash']}")
+    train, ev = read_meta(run / "train" / "behavior.parquet"), read_meta(run / "eval" / "m0_behavior.parquet")
+    return f"demo inputs: weights {train['weights_hash']}, train pairs {train['pairs_hash']}, eval pairs {ev['pairs_hash']}"
 
 
 def main() -> int:

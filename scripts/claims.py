@@ -7,8 +7,9 @@
     python scripts/claims.py --experiment 2 arms|table|archive   # the second pre-registration (configs/claims_v2/)
 
 Each finished arm's training log and evaluation (train/metrics.jsonl, eval/results.json and eval/step_*/items.parquet:
-pair ids, generated explanations, labels and answers, no benchmark text) is archived in docs/claims_runs/ARM/, so the table can be re-made, and the
-remaining arms added, in a fresh checkout without re-running the finished ones.
+pair ids, generated explanations, labels and answers, no benchmark text) is archived in docs/claims_runs/ARM/
+(experiment 2: docs/claims_v2_runs/ARM/), so the table can be re-made, and the remaining arms added, in a fresh
+checkout without re-running the finished ones.
 
 Arms are plain `introspect run` configs, so each re-runs only what changed and resumes after a kill. The decision
 rule below is the one written in docs/claims.md before any arm ran; this script only applies it.
@@ -56,16 +57,14 @@ def reuse(config: Path) -> None:
     for rel in SHARED:
         if (run_dir / rel).exists():
             continue
-        arm = lambda p: p.parents[len(Path(rel).parts) - 1].name  # noqa: E731
+        owner = lambda p: p.parents[len(Path(rel).parts) - 1]  # noqa: E731  (the arm folder holding p)
+        found = [*run_dir.parent.glob(f"*/{rel}"), *ARCHIVE.glob(f"*/{rel}")]  # M0's step 0 is also archived
         # a same-seed sibling first: its training tables have this arm's inputs (another seed's would be re-run)
-        found = [*run_dir.parent.glob(f"*/{rel}"), *ARCHIVE.glob(f"*/{rel}")]  # M0's step 0 is archived
-        for other in sorted(found, key=lambda p: (arm(p)[-2:] != config.stem[-2:], p)):
-            if other.parents[len(Path(rel).parts) - 1] != run_dir:
+        for other in sorted(found, key=lambda p: (owner(p).name[-2:] != config.stem[-2:], p)):
+            if owner(other) != run_dir:
                 (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(other, run_dir / rel)
                 break
-
-
 
 
 def run(config: Path) -> None:
@@ -82,8 +81,8 @@ def eval_dir(config: Path) -> Path:
 
 
 def archive(config: Path) -> None:
-    """Copy a finished arm's train/metrics.jsonl, eval/results.json and eval/step_*/items.parquet into
-    docs/claims_runs/ARM/ (the run directory's layout, so scripts/early_warning.py reads it as a run)."""
+    """Copy a finished arm's train/metrics.jsonl, eval/results.json and eval/step_*/{items.parquet,result.json} into
+    the experiment's archive, ARCHIVE/ARM/ (the run directory's layout, so scripts/early_warning.py reads it as a run)."""
     import shutil
 
     run_dir = ROOT / load_run_config(config).run_dir

@@ -58,17 +58,22 @@ def outcome(run: Path) -> dict[str, float]:
             "valid": bool(last["verdict"]["valid"]), "agreement": last["agreement"]}
 
 
+def finished(run: Path) -> bool:
+    return (run / "eval" / "results.json").is_file() and (run / "train" / "metrics.jsonl").is_file()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--carry", action="store_true", help="keep the rows of docs/early_warning.json whose run directory "
                     "is gone (runs/ is not committed), marked as carried, so the analysis grows across sessions")
     args = ap.parse_args()
-    live = sorted([*ROOT.glob("runs/claims/*"), ROOT / "runs" / "demo"])  # archived arms stand in for absent run dirs
+    live = [r for r in sorted([*ROOT.glob("runs/claims/*"), ROOT / "runs" / "demo"]) if finished(r)]
+    # archived claims arms (committed) stand in for run directories that are not here or not finished
     runs = args.runs or live + sorted(a for a in ROOT.glob("docs/claims_runs/*") if a.name not in {r.name for r in live})
     table = []
     for run in runs:
-        if not ((run / "eval" / "results.json").is_file() and (run / "train" / "metrics.jsonl").is_file()):
+        if not finished(run):
             continue
         e = early(run)
         if e:

@@ -156,7 +156,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     model = wrap(loaded.model, cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    say(f"[train] memory estimate: {devices.memory_estimate(model, params, max_length=cfg.max_length, rows=cfg.rows_per_forward, activation_checkpointing=cfg.activation_checkpointing)}")
+    estimate = devices.memory_estimate(model, params, max_length=cfg.max_length, rows=cfg.rows_per_forward,
+                                       activation_checkpointing=cfg.activation_checkpointing)
+    say(f"[train] memory estimate: {estimate}")
     say(f"[train] {len(expl)} explanation examples, {len(pairs)} behaviour pairs ({task.name}); "
         f"{cfg.finetune} with {sum(p.numel() for p in params) / 1e6:.2f}M trainable params; {world} process(es) on {acc.device}")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
