@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from introspect import metrics
+from introspect.config import atomic_path
 from introspect.run_config import load_run_config
 from introspect.tables import read_table
 from introspect.tasks import get_task
@@ -37,7 +38,8 @@ EXPERIMENTS = {  # pre-registered experiments (docs/claims.md): arm configs, arc
     "1": (CONFIGS, ROOT / "docs" / "claims_runs", ROOT / "docs" / "claims_results"),
     "2": (ROOT / "configs" / "claims_v2", ROOT / "docs" / "claims_v2_runs", ROOT / "docs" / "claims_v2_results"),
 }
-ARMS, ARCHIVE, RESULTS = EXPERIMENTS["1"]
+EXPERIMENT = "1"
+ARMS, ARCHIVE, RESULTS = EXPERIMENTS[EXPERIMENT]
 LAMBDAS = ("0.3", "1", "3")
 MIN_VAL_AGREEMENT = 0.80  # lambda* = the smallest lambda whose validation agreement is at least this
 REFUTE_BELOW = 0.02  # refuted: the pooled Self − Orig CI excludes every effect of +0.02 or more
@@ -116,7 +118,8 @@ def choose_lambda() -> None:
     chosen = ok[0] if ok else LAMBDAS[-1]
     out = {"rule": f"smallest lambda in {list(LAMBDAS)} with dev agreement >= {MIN_VAL_AGREEMENT}, else the largest",
            "runs": rows, "lambda_star": chosen}
-    (ROOT / "docs" / "claims_lambda.json").write_text(json.dumps(out, indent=2))
+    with atomic_path(ROOT / "docs" / "claims_lambda.json") as tmp:
+        tmp.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
 
@@ -169,6 +172,27 @@ def contrast(reg, noreg, seed: int = 0) -> dict:
     return {"value": value(np.arange(n)), "ci": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}
 
 
+def decide(valid_reg: bool, missing: list[str], n_arms: int, reg: dict | None, contrast_: dict | None) -> str:
+    """The pre-registered decision rule (docs/claims.md), as written before any arm ran. `reg`: pooled Self − Orig EM
+    at lambda* ({"value", "ci"}); `contrast_`: the lambda* − lambda=0 contrast of it; `missing`: arms not run."""
+    if not valid_reg:
+        decision = ("not a valid test: a lambda > 0 arm's last checkpoint failed a validity condition (see the table); "
+                    "no verdict on the claim")
+        if missing:
+            decision += f" (final under the rule whatever the arms not run yet give: {', '.join(missing)})"
+        return decision
+    if missing:
+        return (f"none yet: {len(missing)} of {n_arms} pre-registered arms not run ({', '.join(missing)}); "
+                f"the rule needs both seeds of both arms")
+    if reg is None or contrast_ is None:
+        raise ValueError("every arm ran but the pooled estimate or the contrast is missing")
+    if reg["ci"][0] > 0 and contrast_["ci"][0] > 0:
+        return "supported"
+    if reg["ci"][1] < REFUTE_BELOW:
+        return "refuted"
+    return "inconclusive"
+
+
 def table() -> None:
     lam_star = json.loads((ROOT / "docs" / "claims_lambda.json").read_text())["lambda_star"] if (ROOT / "docs" / "claims_lambda.json").is_file() else "1"
     ci = lambda m: f"{m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]"  # noqa: E731
@@ -206,29 +230,25 @@ def table() -> None:
             summary[name]["exact_match_on_differing"] = pooled(arms, "exact_match", differing=True)
     if groups["reg"] and groups["noreg"]:
         summary["contrast_reg_minus_noreg"] = contrast(groups["reg"], groups["noreg"])
-    reg = summary.get("reg", {}).get("exact_match")
-    if not valid_reg:
-        decision = ("not a valid test: a lambda > 0 arm's last checkpoint failed a validity condition (see the table); "
-                    "no verdict on the claim")
-        if missing:
-            decision += f" (final under the rule whatever the arms not run yet give: {', '.join(missing)})"
-    elif missing:
-        decision = (f"none yet: {len(missing)} of {len(configs)} pre-registered arms not run ({', '.join(missing)}); "
-                    f"the rule needs both seeds of both arms")
-    elif reg and reg["ci"][0] > 0 and summary.get("contrast_reg_minus_noreg", {}).get("ci", [0])[0] > 0:
-        decision = "supported"
-    elif reg and reg["ci"][1] < REFUTE_BELOW:
-        decision = "refuted"
-    else:
-        decision = "inconclusive"
+    decision = decide(valid_reg, missing, len(configs), summary.get("reg", {}).get("exact_match"),
+                      summary.get("contrast_reg_minus_noreg"))
     out.update(pooled=summary, decision=decision, arms_not_run=missing)
-    md = ["# Claims experiment: results (written by `python scripts/claims.py table`)", "", *lines, "",
+    md = [f"# Claims experiment {EXPERIMENT}: results (written by `python scripts/claims.py --experiment {EXPERIMENT} table`)", "", *lines, "",
           "Pooled over seeds (last checkpoint; mean of per-seed Self − Orig, 95% paired-bootstrap CI over items):", ""]
-    for name, s in summary.items():
-        md.append(f"- {name}: " + json.dumps(s))
+    names = {"reg": f"λ* = {lam_star}", "noreg": "λ = 0"}
+    signed = lambda m: f"{m['value']:+.3f} [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]"  # noqa: E731
+    for name, arms in groups.items():
+        if arms:
+            s = summary[name]
+            md.append(f"- {names[name]} ({len(arms)} seed(s)): Self − Orig EM {signed(s['exact_match'])} (n {s['exact_match']['n']}); "
+                      f"on differing items {signed(s['exact_match_on_differing'])} (n {s['exact_match_on_differing']['n']}); "
+                      f"HC-F1 Self − Orig {signed(s['has_changed_f1'])}")
+    if "contrast_reg_minus_noreg" in summary:
+        md.append(f"- contrast (λ* − λ = 0) of pooled Self − Orig EM: {signed(summary['contrast_reg_minus_noreg'])}")
     md += ["", f"**Decision by the pre-registered rule: {decision}**", ""]
-    RESULTS.with_suffix(".md").write_text("\n".join(md))
-    RESULTS.with_suffix(".json").write_text(json.dumps(out, indent=2))
+    for suffix, text in ((".md", "\n".join(md)), (".json", json.dumps(out, indent=2))):
+        with atomic_path(RESULTS.with_suffix(suffix)) as tmp:
+            tmp.write_text(text)
     print("\n".join(md))
 
 
@@ -241,8 +261,9 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="lambda: re-run the selection even though "
                     "docs/claims_lambda.json records it (the arms were set from that file)")
     args = ap.parse_args()
-    global ARMS, ARCHIVE, RESULTS
-    ARMS, ARCHIVE, RESULTS = EXPERIMENTS[args.experiment]
+    global EXPERIMENT, ARMS, ARCHIVE, RESULTS
+    EXPERIMENT = args.experiment
+    ARMS, ARCHIVE, RESULTS = EXPERIMENTS[EXPERIMENT]
     if args.what == "lambda":
         if (ROOT / "docs" / "claims_lambda.json").is_file() and not args.force:
             print("lambda* is recorded in docs/claims_lambda.json (the arms were set from it): skip; --force re-runs it")
