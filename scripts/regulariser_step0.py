@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 
-from introspect import behavior, devices, labels, tree
-from introspect.config import data_root, seed_everything
+from introspect import behavior, devices, labels, selection, tree
+from introspect.config import atomic_path, data_root, seed_everything
 from introspect.models import load_model
 from introspect.tasks import get_task
 from introspect.train import TrainConfig
@@ -31,21 +31,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--format", default="paren")
+    ap.add_argument("--hint", default=None, help="the hint-mmlu task's hint option (the claims setting: expert)")
     ap.add_argument("--verify-margin", type=float, default=0.015, help="the table's fp32 near-tie re-check (run default)")
+    ap.add_argument("--min-margin", type=float, default=0.0,
+                    help="keep only pairs with this table margin on both sides, half changed (the claims arms' selection: 0.25)")
+    ap.add_argument("--pool", type=int, default=400, help="pairs sampled to select --n from when --min-margin > 0")
     ap.add_argument("--out", default="docs/regulariser_step0.json")
     args = ap.parse_args()
     seed_everything(0)
     loaded = load_model("smollm2-135m-instruct", hash_weights=False)
-    tok, task = loaded.tokenizer, get_task("hint-mmlu", format=args.format)
-    pairs = task.pairs(data_root(), "val", args.n, 0)
+    tok, task = loaded.tokenizer, get_task("hint-mmlu", format=args.format,
+                                                  **({"hint": args.hint} if args.hint else {}))
+    pairs = task.pairs(data_root(), "val", args.pool if args.min_margin > 0 else args.n, 0)
     df, _ = behavior.sample_behavior(loaded.model, tok, task, pairs, precision="bf16",
                                      verify_margin=args.verify_margin, progress=False)
+    if args.min_margin > 0:  # as a run's selection keeps its training pairs (selection.select)
+        df = selection.select(df, n=args.n, min_margin=args.min_margin, balance=True, seed=0, where="--min-margin")
+        by_id = {p.id: p for p in pairs}
+        pairs = [by_id[i] for i in df["pair_id"]]
     table = np.stack([np.array(df["probs"].tolist()), np.array(df["probs_without"].tolist())], 1).reshape(-1, 4)
     expl = S.encode_explanations(tok, labels.make_labels(df, task), 2048, "step0")
     a, b = behavior.encode_pairs(tok, task, pairs)
     cids = behavior.choice_token_ids(tok, task.continuations)
     model = T.wrap(loaded.model, TrainConfig(behavior="-", labels="-", out_dir="-"))  # LoRA B = 0: the model is M0
-    out = {"n_pairs": args.n, "format": args.format, "verify_margin": args.verify_margin,
+    out = {"n_pairs": args.n, "format": args.format, "hint": args.hint, "min_margin": args.min_margin, "verify_margin": args.verify_margin,
            "table_margin_median": float(np.median(np.diff(np.sort(np.log(table), axis=1)[:, -2:], axis=1)))}
     fp32_rows, bf16_rows = [], []
     with torch.no_grad(), devices.autocast("bf16"):
@@ -66,8 +75,8 @@ def main() -> None:
                      "max_abs_dlogp": float(np.abs(logp - np.log(np.clip(table, 1e-12, None))).max())}
         print(f"{name}: KL(table ‖ train) {kl:.2e}, argmax agreement {agree:.1%} over {2 * args.n} prompts, "
               f"max |Δ log p| {out[name]['max_abs_dlogp']:.4f}")
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
 
 
