@@ -1,7 +1,7 @@
 """Does an early training signal predict whether the final checkpoint is coupled? (issue: coupling monitor, item 2)
 
     python scripts/early_warning.py [RUN ...]      # default: every finished run under runs/claims/ and runs/demo,
-                                                   # and the archived claims arms (docs/claims_runs/) not among them
+                                                   # and the archived claims arms (docs/claims_runs/, docs/claims_v2_runs/) not among them
 
 Per finished run (train/metrics.jsonl + eval/results.json): early signals from the first 10-20% of training — the
 mean training KL to M0 (`behavior_kl`), the slope of log explanation loss per 1% of training, and the probe's
@@ -70,7 +70,8 @@ def main() -> None:
     args = ap.parse_args()
     live = [r for r in sorted([*ROOT.glob("runs/claims/*"), ROOT / "runs" / "demo"]) if finished(r)]
     # archived claims arms (committed) stand in for run directories that are not here or not finished
-    runs = args.runs or live + sorted(a for a in ROOT.glob("docs/claims_runs/*") if a.name not in {r.name for r in live})
+    archived = [*ROOT.glob("docs/claims_runs/*"), *ROOT.glob("docs/claims_v2_runs/*")]  # experiments 1 and 2
+    runs = args.runs or live + sorted(a for a in archived if a.name not in {r.name for r in live})
     table = []
     for run in runs:
         if not finished(run):
