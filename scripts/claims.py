@@ -193,6 +193,34 @@ def decide(valid_reg: bool, missing: list[str], n_arms: int, reg: dict | None, c
     return "inconclusive"
 
 
+def figure(arms: dict, path: Path) -> None:
+    """Self − Orig EM (95% CI) and label–behaviour agreement per evaluated checkpoint, one line per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for arm in sorted({k.split("@")[0] for k in arms}):
+        keys = sorted((k for k in arms if k.startswith(arm + "@")), key=lambda k: int(k.split("@")[1]))
+        steps = [int(k.split("@")[1]) for k in keys]
+        d = [arms[k]["self_minus_orig"]["exact_match"] for k in keys]
+        style = dict(marker="o", linestyle="--" if "_lam0_" in arm else "-", label=arm.replace("hint_expert_", ""))
+        left.errorbar(steps, [x["value"] for x in d], yerr=[[x["value"] - x["ci"][0] for x in d],
+                                                             [x["ci"][1] - x["value"] for x in d]], capsize=3, **style)
+        right.plot(steps, [arms[k]["agreement"] for k in keys], **style)
+    left.axhline(0, color="grey", lw=0.8)
+    left.set(xlabel="training step", ylabel="Self − Orig Exact Match (95% CI)", title="coupling")
+    right.axhline(0.70, color="grey", lw=0.8, linestyle=":")
+    right.set(xlabel="training step", ylabel="label–behaviour agreement", title="validity: agreement ≥ 0.70 (λ > 0)",
+              ylim=(0, 1.02))
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def table() -> None:
     lam_star = json.loads((ROOT / "docs" / "claims_lambda.json").read_text())["lambda_star"] if (ROOT / "docs" / "claims_lambda.json").is_file() else "1"
     ci = lambda m: f"{m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]"  # noqa: E731
@@ -216,8 +244,11 @@ def table() -> None:
             lines.append(f"| {config.stem} | {key} | {ci(r['self']['exact_match'])} | {ci(r['orig']['exact_match'])} | "
                          f"{d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | "
                          + (f"{dd['value']:+.3f} [{dd['ci'][0]:+.3f}, {dd['ci'][1]:+.3f}] ({r['n_label_differs']})" if dd else "n/a (0)")
-                         + f" | {hc['value']:+.3f} [{hc['ci'][0]:+.3f}, {hc['ci'][1]:+.3f}] | {r['agreement']:.2f} | {v.line()} |")
-            out["arms"][f"{config.stem}@{key}"] = {"verdict": r["verdict"], "self_minus_orig": r["self_minus_orig"]}
+                         + f" | {hc['value']:+.3f} [{hc['ci'][0]:+.3f}, {hc['ci'][1]:+.3f}] | {r['agreement']:.2f} | {v.line()}"
+                         + (" (λ = 0 is the contrast arm: the rule requires validity of λ > 0 arms only)"
+                            if "_lam0_" in config.stem and not v.valid else "") + " |")
+            out["arms"][f"{config.stem}@{key}"] = {"verdict": r["verdict"], "self_minus_orig": r["self_minus_orig"],
+                                                    "agreement": r["agreement"]}
         last = max(int(k) for k in res["checkpoints"])
         lam_zero = "_lam0_" in config.stem
         groups["noreg" if lam_zero else "reg"].append(arm_items(config, last))
@@ -246,6 +277,9 @@ def table() -> None:
     if "contrast_reg_minus_noreg" in summary:
         md.append(f"- contrast (λ* − λ = 0) of pooled Self − Orig EM: {signed(summary['contrast_reg_minus_noreg'])}")
     md += ["", f"**Decision by the pre-registered rule: {decision}**", ""]
+    if out["arms"]:
+        md += [f"![Self − Orig and agreement per checkpoint]({RESULTS.name}.png)", ""]
+        figure(out["arms"], RESULTS.with_suffix(".png"))
     for suffix, text in ((".md", "\n".join(md)), (".json", json.dumps(out, indent=2))):
         with atomic_path(RESULTS.with_suffix(suffix)) as tmp:
             tmp.write_text(text)
