@@ -224,6 +224,7 @@ def figure(arms: dict, path: Path) -> None:
 def table() -> None:
     lam_star = json.loads((ROOT / "docs" / "claims_lambda.json").read_text())["lambda_star"] if (ROOT / "docs" / "claims_lambda.json").is_file() else "1"
     ci = lambda m: f"{m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]"  # noqa: E731
+    signed = lambda m: f"{m['value']:+.3f} [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]"  # noqa: E731
     lines = ["| arm | step | Self EM [95% CI] | Orig EM [95% CI] | Self − Orig EM [95% CI] | on differing items (n) | HC-F1 Self − Orig | agreement | validity |",
              "|---|---|---|---|---|---|---|---|---|"]
     out: dict = {"lambda_star": lam_star, "arms": {}}
@@ -242,9 +243,8 @@ def table() -> None:
             d, dd = r["self_minus_orig"]["exact_match"], r.get("self_minus_orig_on_differing", {}).get("exact_match")
             hc = r["self_minus_orig"]["has_changed_f1"]
             lines.append(f"| {config.stem} | {key} | {ci(r['self']['exact_match'])} | {ci(r['orig']['exact_match'])} | "
-                         f"{d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | "
-                         + (f"{dd['value']:+.3f} [{dd['ci'][0]:+.3f}, {dd['ci'][1]:+.3f}] ({r['n_label_differs']})" if dd else "n/a (0)")
-                         + f" | {hc['value']:+.3f} [{hc['ci'][0]:+.3f}, {hc['ci'][1]:+.3f}] | {r['agreement']:.2f} | {v.line()}"
+                         f"{signed(d)} | " + (f"{signed(dd)} ({r['n_label_differs']})" if dd else "n/a (0)")
+                         + f" | {signed(hc)} | {r['agreement']:.2f} | {v.line()}"
                          + (" (λ = 0 is the contrast arm: the rule requires validity of λ > 0 arms only)"
                             if "_lam0_" in config.stem and not v.valid else "") + " |")
             out["arms"][f"{config.stem}@{key}"] = {"verdict": r["verdict"], "self_minus_orig": r["self_minus_orig"],
@@ -267,7 +267,6 @@ def table() -> None:
     md = [f"# Claims experiment {EXPERIMENT}: results (written by `python scripts/claims.py --experiment {EXPERIMENT} table`)", "", *lines, "",
           "Pooled over seeds (last checkpoint; mean of per-seed Self − Orig, 95% paired-bootstrap CI over items):", ""]
     names = {"reg": f"λ* = {lam_star}", "noreg": "λ = 0"}
-    signed = lambda m: f"{m['value']:+.3f} [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]"  # noqa: E731
     for name, arms in groups.items():
         if arms:
             s = summary[name]

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from introspect.config import atomic_path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -118,8 +120,10 @@ def main() -> None:
            + (", so it is not evidence of coupling here" if n_valid == 0 else "")
            + f". With {len(table)} runs a rank correlation can show a strong relation or none, not a usable predictor; "
            "treat these numbers as a description of these runs."]
-    (ROOT / "docs" / "early_warning.md").write_text("\n".join(md) + "\n")
-    (ROOT / "docs" / "early_warning.json").write_text(json.dumps({"runs": table, "signals": summary}, indent=2))
+    for name, text in (("early_warning.md", "\n".join(md) + "\n"),
+                       ("early_warning.json", json.dumps({"runs": table, "signals": summary}, indent=2))):
+        with atomic_path(ROOT / "docs" / name) as tmp:
+            tmp.write_text(text)
     print("\n".join(md))
 
 

@@ -40,8 +40,8 @@ def main() -> None:
     args = ap.parse_args()
     seed_everything(0)
     loaded = load_model("smollm2-135m-instruct", hash_weights=False)
-    tok, task = loaded.tokenizer, get_task("hint-mmlu", format=args.format,
-                                                  **({"hint": args.hint} if args.hint else {}))
+    options = {"format": args.format, **({"hint": args.hint} if args.hint else {})}
+    tok, task = loaded.tokenizer, get_task("hint-mmlu", **options)
     pairs = task.pairs(data_root(), "val", args.pool if args.min_margin > 0 else args.n, 0)
     df, _ = behavior.sample_behavior(loaded.model, tok, task, pairs, precision="bf16",
                                      verify_margin=args.verify_margin, progress=False)
