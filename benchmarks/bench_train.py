@@ -6,6 +6,8 @@
   expl+kl_cached_packed    + KL(p_M0 ‖ p_θ) on the same E pairs (x, x∖C), p_M0 read from the BehaviorTable, each
                            pair's explanation/x/x∖C run as one prefix-tree row (tree.py; our default)
   expl+kl_cached_plain     the same losses, every sequence in its own row (pack: false)
+  expl+kl_cached_packed_fp32  the default's losses with the body in fp32 (a run's `precision: fp32`; no autocast):
+                           what an exact step-0 regulariser costs (docs/training.md)
   expl+kl_live_reference   p_M0 computed live instead of read: a reference forward (adapter disabled, no grad) on
                            the step's x and x∖C, then the same packed policy step
 Reports ms/step (median over --steps; the variants take turns step by step after one warm-up round), tokens/s
@@ -23,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from introspect import behavior, labels
+from introspect import behavior, devices, labels
 from introspect.config import data_root, seed_everything, set_threads, write_jsonl
 from introspect.models import load_model
 from introspect.tasks import get_task
@@ -65,7 +67,7 @@ def main() -> None:
     pad = tok.pad_token_id
     k = args.per_step
     print(f"{args.model} + LoRA r{args.rank} ({sum(p.numel() for p in params) / 1e6:.1f}M trainable), {k} examples/step, "
-          f"{threads} threads, bf16 autocast")
+          f"{threads} threads, bf16 autocast unless the variant says fp32")
 
     def reference_probs(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """p_M0 computed live: the base model (adapter disabled), no gradient, on x and x∖C of the step's pairs."""
@@ -89,16 +91,19 @@ def main() -> None:
                                          p_m0_without=p_m0_without[idx], choice_ids=cids, pad_id=pad,
                                          packed=len(idx) if packed else 0)
 
-    variants: dict[str, tuple[Callable[[np.ndarray], dict[str, torch.Tensor]], bool]] = {
-        "explanation_only": (cached(False, False), False),
-        "expl+kl_cached_packed": (cached(True, True), True),
-        "expl+kl_live_reference": (live_reference, True),
-        "expl+kl_cached_plain": (cached(False, True), True),
+    # name -> (losses of a step's pairs, whether behaviour is scored, the body's precision)
+    variants: dict[str, tuple[Callable[[np.ndarray], dict[str, torch.Tensor]], bool, str]] = {
+        "explanation_only": (cached(False, False), False, "bf16"),
+        "expl+kl_cached_packed": (cached(True, True), True, "bf16"),
+        "expl+kl_cached_packed_fp32": (cached(True, True), True, "fp32"),
+        "expl+kl_live_reference": (live_reference, True, "bf16"),
+        "expl+kl_cached_plain": (cached(False, True), True, "bf16"),
     }
-    def one_step(fn: Callable[[np.ndarray], dict[str, torch.Tensor]], step: int) -> float:
+
+    def one_step(fn: Callable[[np.ndarray], dict[str, torch.Tensor]], step: int, precision: str) -> float:
         idx = np.random.default_rng([1, step]).choice(len(pairs), k, replace=False)
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with devices.autocast(precision):
             losses = fn(idx)
             sum(losses.values()).backward()
         opt.step()
@@ -108,21 +113,21 @@ def main() -> None:
     # Warm-up round, one step per variant in this order; the peak RSS after each is that of the variants so far
     # (the process peak only grows), so "explanation_only" and "expl+kl_cached_packed" give the default's peak.
     rss: dict[str, float] = {}
-    for name, (fn, _) in variants.items():
-        one_step(fn, 0)
+    for name, (fn, _, precision) in variants.items():
+        one_step(fn, 0, precision)
         rss[name] = round(peak_rss_gb(), 2)
     # Timed rounds interleave the variants step by step, so machine drift hits them alike.
     times: dict[str, list[float]] = {name: [] for name in variants}
     for step in range(1, args.steps + 1):
-        for name, (fn, _) in variants.items():
-            times[name].append(one_step(fn, step))
+        for name, (fn, _, precision) in variants.items():
+            times[name].append(one_step(fn, step, precision))
     results: dict[str, Any] = {}
-    for name, (_, uses_behaviour) in variants.items():
+    for name, (_, uses_behaviour, _) in variants.items():
         tokens = k * (np.mean([len(e[0]) for e in expl]) + (np.mean([len(x) + len(y) for x, y in zip(with_c, without_c)]) if uses_behaviour else 0))
         ms = statistics.median(times[name]) * 1000
         results[name] = {"ms_per_step": round(ms, 1), "ms_all_steps": [round(t * 1000) for t in times[name]],
                          "tokens_per_s": round(tokens / (ms / 1000), 1), "peak_rss_gb_after_warmup": rss[name]}
-        print(f"{name:<24} {ms:8.0f} ms/step  {tokens / (ms / 1000):7.0f} tok/s  peak RSS so far {rss[name]:.2f} GB", flush=True)
+        print(f"{name:<28} {ms:8.0f} ms/step  {tokens / (ms / 1000):7.0f} tok/s  peak RSS so far {rss[name]:.2f} GB", flush=True)
     base = results["explanation_only"]["ms_per_step"]
     for r in results.values():
         r["ratio_vs_explanation_only"] = round(r["ms_per_step"] / base, 3)

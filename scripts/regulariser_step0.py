@@ -3,10 +3,11 @@ computes against M0's BehaviorTable should be ~0 and the argmax should agree wit
 
     python scripts/regulariser_step0.py --n 48
 
-Samples a BehaviorTable as a bf16 run does (bf16 body, fp32 head, near-tie re-check), then computes the training
-step's choice log-probs for the same pairs (explanation, x and x∖C packed as one tree, bf16 autocast, frozen
-decoder weights in bf16) two ways: with the fp32 head at the answer positions (the trainer now) and with the bf16
-head of the model's own forward (the trainer before). Prints KL(table ‖ train) and argmax agreement for both.
+Samples a BehaviorTable as a run does (`--table-precision`, default bf16: bf16 body, fp32 head, near-tie re-check
+in fp32), then computes the training step's choice log-probs for the same pairs (explanation, x and x∖C packed as
+one tree; body under bf16 autocast or, with `--train-precision fp32`, in fp32) two ways: with the fp32 head at the
+answer positions (the trainer now) and with the head of the model's own forward (the trainer before: bf16 under
+autocast). Prints KL(table ‖ train) and argmax agreement for both.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def main() -> None:
     ap.add_argument("--min-margin", type=float, default=0.0,
                     help="keep only pairs with this table margin on both sides, half changed (the claims arms' selection: 0.25)")
     ap.add_argument("--pool", type=int, default=400, help="pairs sampled to select --n from when --min-margin > 0")
+    ap.add_argument("--table-precision", choices=("bf16", "fp32"), default="bf16",
+                    help="precision the BehaviorTable is sampled in (a run's `precision`)")
+    ap.add_argument("--train-precision", choices=("bf16", "fp32"), default="bf16",
+                    help="precision of the training step's body (a run's `precision`; fp32: no autocast)")
     ap.add_argument("--out", default="docs/regulariser_step0.json")
     args = ap.parse_args()
     seed_everything(0)
@@ -43,7 +48,7 @@ def main() -> None:
     options = {"format": args.format, **({"hint": args.hint} if args.hint else {})}
     tok, task = loaded.tokenizer, get_task("hint-mmlu", **options)
     pairs = task.pairs(data_root(), "val", args.pool if args.min_margin > 0 else args.n, 0)
-    df, _ = behavior.sample_behavior(loaded.model, tok, task, pairs, precision="bf16",
+    df, _ = behavior.sample_behavior(loaded.model, tok, task, pairs, precision=args.table_precision,
                                      verify_margin=args.verify_margin, progress=False)
     if args.min_margin > 0:  # as a run's selection keeps its training pairs (selection.select)
         df = selection.select(df, n=args.n, min_margin=args.min_margin, balance=True, seed=0, where="--min-margin")
@@ -55,9 +60,10 @@ def main() -> None:
     cids = behavior.choice_token_ids(tok, task.continuations)
     model = T.wrap(loaded.model, TrainConfig(behavior="-", labels="-", out_dir="-"))  # LoRA B = 0: the model is M0
     out = {"n_pairs": args.n, "format": args.format, "hint": args.hint, "min_margin": args.min_margin, "verify_margin": args.verify_margin,
+           "table_precision": args.table_precision, "train_precision": args.train_precision,
            "table_margin_median": float(np.median(np.diff(np.sort(np.log(table), axis=1)[:, -2:], axis=1)))}
     fp32_rows, bf16_rows = [], []
-    with torch.no_grad(), devices.autocast("bf16"):
+    with torch.no_grad(), devices.autocast(args.train_precision):
         for i in range(0, args.n, 2):
             groups = [[S.explanation_item(expl[j]), (a[j], 0), (b[j], 0)] for j in range(i, min(i + 2, args.n))]
             fp32_rows.append(S.tree_terms(model, groups, cids, tok.pad_token_id)[2].float().numpy())
