@@ -6,8 +6,9 @@ computes against M0's BehaviorTable should be ~0 and the argmax should agree wit
 Samples a BehaviorTable as a run does (`--table-precision`, default bf16: bf16 body, fp32 head, near-tie re-check
 in fp32), then computes the training step's choice log-probs for the same pairs (explanation, x and x∖C packed as
 one tree; body under bf16 autocast or, with `--train-precision fp32`, in fp32) two ways: with the fp32 head at the
-answer positions (the trainer now) and with the head of the model's own forward (the trainer before: bf16 under
-autocast). Prints KL(table ‖ train) and argmax agreement for both.
+answer positions (the trainer now) and, under bf16, also with the bf16 head of the model's own forward (the trainer
+before; in fp32 the two heads are the same, so that second forward is skipped). Prints KL(table ‖ train) and argmax
+agreement for each.
 """
 
 from __future__ import annotations
@@ -59,23 +60,26 @@ def main() -> None:
     a, b = behavior.encode_pairs(tok, task, pairs)
     cids = behavior.choice_token_ids(tok, task.continuations)
     model = T.wrap(loaded.model, TrainConfig(behavior="-", labels="-", out_dir="-"))  # LoRA B = 0: the model is M0
+    top2 = np.sort(np.log(table), axis=1)[:, -2:]  # each prompt's two likeliest choices in the table
     out = {"n_pairs": args.n, "format": args.format, "hint": args.hint, "min_margin": args.min_margin, "verify_margin": args.verify_margin,
            "table_precision": args.table_precision, "train_precision": args.train_precision,
-           "table_margin_median": float(np.median(np.diff(np.sort(np.log(table), axis=1)[:, -2:], axis=1)))}
+           "table_margin_median": float(np.median(top2[:, 1] - top2[:, 0]))}
+    old_head = args.train_precision == "bf16"  # the model's own head differs from the fp32 one only under autocast
     fp32_rows, bf16_rows = [], []
     with torch.no_grad(), devices.autocast(args.train_precision):
         for i in range(0, args.n, 2):
             groups = [[S.explanation_item(expl[j]), (a[j], 0), (b[j], 0)] for j in range(i, min(i + 2, args.n))]
             fp32_rows.append(S.tree_terms(model, groups, cids, tok.pad_token_id)[2].float().numpy())
+            if not old_head:
+                continue
             batch = tree.pack([[s for s, _ in g] for g in groups], tok.pad_token_id)
             cols = [[p[-1] for (s, n), p in zip(g, ps) if not n] for g, ps in zip(groups, batch.paths)]
             logits, _ = tree.forward(model, batch, cols)  # the model's own (bf16) head: the old trainer
             bf16_rows.append(torch.log_softmax(behavior.group_logits(torch.cat(logits).float(), cids), -1).numpy())
-    for name, rows in (("fp32_head", fp32_rows), ("bf16_head", bf16_rows)):
+    for name, rows in [("fp32_head", fp32_rows)] + ([("bf16_head", bf16_rows)] if old_head else []):
         logp = np.concatenate(rows)
         kl = float(np.mean(np.sum(table * (np.log(np.clip(table, 1e-12, None)) - logp), axis=1)))
         agree = float(np.mean(logp.argmax(1) == table.argmax(1)))
-        top2 = np.sort(np.log(table), axis=1)[:, -2:]
         out[name + "_disagreeing_margins"] = [round(float(m), 4) for m in (top2[:, 1] - top2[:, 0])[logp.argmax(1) != table.argmax(1)]]
         out[name] = {"kl_table_to_train": kl, "argmax_agreement": agree,
                      "max_abs_dlogp": float(np.abs(logp - np.log(np.clip(table, 1e-12, None))).max())}
