@@ -124,7 +124,7 @@ def forward(model: Any, batch: TreeBatch, wanted: Sequence[Sequence[int]],
     mask = model_mask(model, batch.attention_mask, batch.position_ids, batch.position_ids)
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask,
                 logits_to_keep=torch.tensor(keep, dtype=torch.long, device=batch.input_ids.device) if keep else 1,
-                output_hidden_states=bool(hidden))
+                output_hidden_states=bool(hidden), use_cache=False)  # no KV cache: nothing reads it
     logits = [out.logits[b, [at[c] for c in cols]] for b, cols in enumerate(wanted)] if keep else []
     states = [out.hidden_states[-1][b, list(cols)] for b, cols in enumerate(hidden)] if hidden else []
     return logits, states

@@ -74,6 +74,8 @@ class TrainConfig:
     rows_per_forward: int = 2  # examples per forward pass, length-sorted (padding costs more than batching saves on CPU)
     finetune: str = "lora"  # lora | full
     activation_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
+    compile: bool = False  # torch.compile each decoder layer (regional; tens of seconds once): faster steps (train/fast.py)
+    cache_bf16_weights: bool = False  # keep a bf16 copy of frozen weights for bf16 autocast: same numbers, no re-casts
     lora: LoraSpec = field(default_factory=LoraSpec)
     weights: LossWeights = field(default_factory=LossWeights)
     precision: str = "bf16"  # bf16 (autocast) | fp32; the answer-position head is fp32 either way
@@ -103,6 +105,10 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         (0 < cfg.concurrent_share < 1 and cfg.concurrent_per_step >= 1,
          "concurrent_share must be in (0, 1) and concurrent_per_step >= 1"),
         (cfg.rows_per_forward >= 1 and cfg.checkpoint_every >= 1, "rows_per_forward and checkpoint_every must be >= 1"),
+        (not (cfg.compile and cfg.activation_checkpointing),
+         "compile and activation_checkpointing do not combine: set one of them to false"),
+        (not cfg.cache_bf16_weights or (cfg.precision == "bf16" and cfg.finetune == "lora"),
+         "cache_bf16_weights needs precision: bf16 and finetune: lora (it caches frozen weights for bf16 autocast)"),
         (cfg.keep_checkpoints >= 0, "keep_checkpoints must be >= 0 (0 keeps all)"),
         (0 <= cfg.lora.dropout < 1 and cfg.lora.rank >= 1, "lora.rank must be >= 1 and lora.dropout in [0, 1)"),
         (cfg.monitor.policy in ("warn", "stop", "rollback", "adapt"), "monitor.policy must be warn, stop, rollback or adapt"),

@@ -32,6 +32,7 @@ from ..labels import agreement, drift, label_frame
 from ..models import load_model, peft_deprecation_silenced
 from ..tables import pairs_from_table, read_table, task_of
 from ..tasks import Pair
+from . import fast
 from .config import TrainConfig, to_dict
 from .monitor import CouplingMonitor
 from .step import encode_explanations, step_losses
@@ -154,6 +155,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         enable()
         loaded.model.enable_input_require_grads()  # LoRA: the frozen embeddings must still pass gradients on
     model = wrap(loaded.model, cfg)
+    if cfg.cache_bf16_weights:
+        say(f"[train] bf16 copies of {fast.cache_bf16_weights(model)} frozen Linear weights (cache_bf16_weights)")
+    if cfg.compile:
+        say(f"[train] {fast.compile_layers(model)} decoder layers compiled (compile: true); the first steps compile them")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     estimate = devices.memory_estimate(model, params, max_length=cfg.max_length, rows=cfg.rows_per_forward,
