@@ -1,5 +1,6 @@
-"""The opt-in step speed-ups (train/fast.py) keep the step's numbers: bf16 weight caching exactly, regional compile
-to fp32 rounding; both through the real trainer (probes run the eager layers under no_grad)."""
+"""The opt-in step speed-ups keep the step's numbers: bf16 weight caching exactly, regional compile (train/fast.py) and
+several pairs' trees per row (`trees_per_row`) to fp32 rounding; through the real trainer too (probes run the eager
+layers under no_grad)."""
 
 import copy
 import json
@@ -46,8 +47,8 @@ def _lora(tiny: Loaded) -> torch.nn.Module:
     return model
 
 
-def _losses_and_grads(model: torch.nn.Module, s: dict, tok_pad: int, precision: str) -> tuple[dict, dict]:
-    cfg = TrainConfig(behavior="-", labels="-", out_dir="-", weights=LossWeights(explanation=1.0, behavior_kl=1.0))
+def _losses_and_grads(model: torch.nn.Module, s: dict, tok_pad: int, precision: str, **kw) -> tuple[dict, dict]:
+    cfg = TrainConfig(behavior="-", labels="-", out_dir="-", weights=LossWeights(explanation=1.0, behavior_kl=1.0), **kw)
     p0, p1 = np.array(s["df"]["probs"].tolist()), np.array(s["df"]["probs_without"].tolist())
     with devices.autocast(precision):
         losses = S.step_losses(model, cfg=cfg, expl=s["expl"][:4], with_c=s["a"], without_c=s["b"], p_m0=p0,
@@ -102,10 +103,22 @@ def test_trainer_with_both_speedups_matches_the_plain_run(setup: dict) -> None:
         assert abs(p["explanation"] - b["explanation"]) <= 0.05 * abs(p["explanation"]), (p, b)
 
 
+@pytest.mark.parametrize("trees, rows", [(2, 2), (3, 1), (8, 1)])
+def test_trees_per_row_gives_the_same_losses_and_gradients(tiny: Loaded, setup: dict, trees: int, rows: int) -> None:
+    """8 behaviour pairs, the first 4 with their explanation examples: 8 trees merged `trees` to a row."""
+    model = _lora(tiny)
+    pad = tiny.tokenizer.pad_token_id
+    (la, ga), (lb, gb) = (_losses_and_grads(model, setup, pad, "fp32"),
+                          _losses_and_grads(model, setup, pad, "fp32", trees_per_row=trees, rows_per_forward=rows))
+    assert la.keys() == lb.keys() and all(abs(la[k] - lb[k]) <= 1e-5 for k in la), (la, lb)
+    assert max(float((ga[k] - gb[k]).abs().max()) for k in ga) <= 1e-4
+
+
 @pytest.mark.parametrize("kw, says", [
     (dict(compile=True, activation_checkpointing=True), "compile and activation_checkpointing"),
     (dict(cache_bf16_weights=True, precision="fp32"), "cache_bf16_weights needs precision: bf16"),
     (dict(cache_bf16_weights=True, finetune="full"), "cache_bf16_weights needs"),
+    (dict(trees_per_row=0), "trees_per_row"),
 ])
 def test_speedup_options_reject_what_they_cannot_do(kw: dict, says: str) -> None:
     from introspect.train.config import validate

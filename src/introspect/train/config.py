@@ -72,6 +72,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimiser step (each process)
     pack: bool = True  # run each pair's explanation, x and x∖C as one prefix tree (same losses, fewer tokens)
     rows_per_forward: int = 2  # examples per forward pass, length-sorted (padding costs more than batching saves on CPU)
+    trees_per_row: int = 1  # pairs' prefix trees merged into one row: their common start (system turn) runs once
     finetune: str = "lora"  # lora | full
     activation_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
     compile: bool = False  # torch.compile each decoder layer (regional; tens of seconds once): faster steps (train/fast.py)
@@ -104,7 +105,8 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         (cfg.concurrent_pairs in ("split", "shared"), "concurrent_pairs must be 'split' or 'shared'"),
         (0 < cfg.concurrent_share < 1 and cfg.concurrent_per_step >= 1,
          "concurrent_share must be in (0, 1) and concurrent_per_step >= 1"),
-        (cfg.rows_per_forward >= 1 and cfg.checkpoint_every >= 1, "rows_per_forward and checkpoint_every must be >= 1"),
+        (cfg.rows_per_forward >= 1 and cfg.checkpoint_every >= 1 and cfg.trees_per_row >= 1,
+         "rows_per_forward, trees_per_row and checkpoint_every must be >= 1"),
         (not (cfg.compile and cfg.activation_checkpointing),
          "compile and activation_checkpointing do not combine: set one of them to false"),
         (not cfg.cache_bf16_weights or (cfg.precision == "bf16" and cfg.finetune == "lora"),

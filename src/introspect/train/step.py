@@ -99,6 +99,13 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
                 groups.append(([(with_c[i], 0), (without_c[i], 0)], [(i, 0), (i, 1)]))
             else:
                 groups += [([(with_c[i], 0)], [(i, 0)]), ([(without_c[i], 0)], [(i, 1)])]
+    if cfg.trees_per_row > 1:  # the longest tree with the shortest ones: one row, one shared start, even row lengths
+        order = sorted(groups, key=lambda g: sum(len(seq) for seq, _ in g[0]))
+        merged = []
+        while order:
+            row = [order.pop()] + [order.pop(0) for _ in range(min(cfg.trees_per_row - 1, len(order)))]
+            merged.append(([item for g in row for item in g[0]], [key for g in row for key in g[1]]))
+        groups = merged
     ce_sum, n_tok = torch.zeros(()), 0
     rows: dict[tuple[int, int], torch.Tensor] = {}  # (pair index, side) -> choice log-probs
     for c in chunks(range(len(groups)), lambda j: sum(len(seq) for seq, _ in groups[j][0])):
