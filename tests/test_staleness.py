@@ -184,3 +184,12 @@ def test_run_estimate_from_the_sampling_speed(base_run, monkeypatch: pytest.Monk
     assert f"~{left / 60:.0f} min left" in lines[1] and "10.0 prompts/s" in lines[1]
     p.done("label")  # the estimate is printed once
     assert len(lines) == 2
+
+
+@pytest.mark.parametrize("command", [["train", "c.yaml"], ["run", "c.yaml"], ["demo"]])
+def test_repeated_set_flags_all_apply(command: list[str]) -> None:
+    """`--set a=1 --set b=2 c=3` keeps all three (argparse's default would keep only the last --set)."""
+    from introspect.cli import build_parser
+
+    args = build_parser().parse_args([*command, "--set", "train.steps=24", "--set", "seed=1", "train.lr=0.1"])
+    assert args.set == ["train.steps=24", "seed=1", "train.lr=0.1"]

@@ -181,6 +181,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--balance", action="store_true", help="keep equal numbers of changed and unchanged pairs")
 
 
+def add_set_flag(p: argparse.ArgumentParser) -> None:
+    """--set KEY=VALUE ...: repeatable; every item of every --set applies (`--set a=1 --set b=2` = `--set a=1 b=2`)."""
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config keys, nested with dots (e.g. train.weights.behavior_kl=0); repeatable")
+
+
 def version() -> str:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as installed
@@ -240,14 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "`accelerate launch`, whose own --config_file would swallow --config)")
     p.add_argument("--config", default=None)
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, nested with dots "
-                   "(e.g. train.weights.behavior_kl=0)")
+    add_set_flag(p)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("run", help="sample -> label -> train -> evaluate -> report from one YAML (skips current stages)")
     p.add_argument("config")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, nested with dots "
-                   "(e.g. train.weights.behavior_kl=0)")
+    add_set_flag(p)
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("evaluate", help="Self vs Orig for M0 and every checkpoint of a run (cached, resumable)")
@@ -262,8 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on the bundled SmolLM2 (configs/demo.yaml, about 8 min on 2 cores)")
     p.add_argument("--config", default=str(REPO_ROOT / "configs" / "demo.yaml"))
     p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, nested with dots "
-                   "(e.g. train.weights.behavior_kl=0)")
+    add_set_flag(p)
     p.set_defaults(fn=cmd_run)
     act = add_audit_parser(sub)
 
