@@ -1,4 +1,6 @@
-"""Two opt-in speed-ups of the training step that leave its arithmetic alone (docs/training.md#faster-steps).
+"""Two opt-in speed-ups of the training step that compute the same losses (docs/training.md#faster-steps-opt-in):
+the bf16 weight copies give identical numbers; compiled layers agree to fp32 rounding in fp32 and, in bf16, order
+and fuse the arithmetic differently (differences of bf16's own size).
 
 `compile_layers`: regional `torch.compile` — each decoder layer's forward is compiled (all layers share one compiled
 graph, so it compiles in tens of seconds, not the minutes a whole-model compile takes on 2 cores), and only where
