@@ -125,3 +125,20 @@ def test_speedup_options_reject_what_they_cannot_do(kw: dict, says: str) -> None
 
     with pytest.raises(UserError, match=says):
         validate(TrainConfig(behavior="b", labels="l", out_dir="o", **kw))
+
+
+def test_speedup_keys_enter_the_run_inputs_only_when_set() -> None:
+    """At their defaults the new keys leave a run's inputs what they were before the keys existed (existing runs stay
+    current); set, they count (in bf16 they change the numbers)."""
+    from unittest import mock
+
+    new = ("compile", "cache_bf16_weights", "trees_per_row")
+    base = TrainConfig(behavior="-", labels="-", out_dir="-")
+    with mock.patch.object(T, "read_table", return_value=(None, {"x": 1})), \
+         mock.patch.object(T.provenance, "stored_inputs", return_value=None):
+        before = {k: v for k, v in T.to_dict(base).items()
+                  if k not in ("behavior", "labels", "out_dir", "keep_checkpoints", "device", *new)}
+        before["monitor"] = {k: v for k, v in before["monitor"].items() if k != "pairs"}
+        assert T.train_inputs(base) == T.provenance.inputs(config=before, behavior={"x": 1}, labels={"x": 1})
+        assert T.train_inputs(TrainConfig(behavior="-", labels="-", out_dir="-", compile=True)) != T.train_inputs(base)
+        assert T.train_inputs(TrainConfig(behavior="-", labels="-", out_dir="-", trees_per_row=2)) != T.train_inputs(base)

@@ -85,6 +85,9 @@ def train_inputs(cfg: TrainConfig) -> dict[str, str]:
     conf = {k: v for k, v in to_dict(cfg).items() if k not in ("behavior", "labels", "out_dir", "keep_checkpoints", "device")}
     if devices.resolve(cfg.device) != "cpu":  # where it ran matters to the numbers; CPU runs keep their earlier inputs
         conf["device"] = devices.resolve(cfg.device)
+    for key, default in (("compile", False), ("cache_bf16_weights", False), ("trees_per_row", 1)):
+        if conf[key] == default:  # keys added later: at their defaults, runs made before them keep their inputs
+            del conf[key]
     conf["monitor"] = {k: v for k, v in conf["monitor"].items() if k != "pairs"}  # a path: its table's inputs below
     tables = {"behavior": cfg.behavior, "labels": cfg.labels, **({"monitor_pairs": cfg.monitor.pairs} if cfg.monitor.every else {})}
     return provenance.inputs(config=conf, **{k: provenance.stored_inputs(Path(p)) or read_table(p)[1] for k, p in tables.items()})
