@@ -8,6 +8,8 @@
   expl+kl_cached_plain     the same losses, every sequence in its own row (pack: false)
   expl+kl_cached_packed_fp32  the default's losses with the body in fp32 (a run's `precision: fp32`; no autocast):
                            what an exact step-0 regulariser costs (docs/training.md)
+  expl+kl_cached_packed_fast_fp32  the fast copy in fp32 (the bf16 weight copies are then unused): against
+                           expl+kl_cached_packed_fp32, the speed-up where the losses agree to fp32 rounding
   expl+kl_live_reference   p_M0 computed live instead of read: a reference forward (adapter disabled, no grad) on
                            the step's x and x∖C, then the same packed policy step
   expl+kl_cached_packed_fast  the default's losses on a copy of the model with `compile: true`,
@@ -132,6 +134,7 @@ def main() -> None:
         "expl+kl_live_reference": (live_reference, True, "bf16", opt),
         "expl+kl_cached_plain": (cached(False, True), True, "bf16", opt),
         "expl+kl_cached_packed_fast": (cached(True, True, fast_model, args.fast_rows, args.fast_trees), True, "bf16", fast_opt),
+        "expl+kl_cached_packed_fast_fp32": (cached(True, True, fast_model, args.fast_rows, args.fast_trees), True, "fp32", fast_opt),
     }
 
     keep = {"explanation_only", "expl+kl_cached_packed", "expl+kl_cached_packed_fast"}
@@ -174,7 +177,7 @@ def main() -> None:
     # "expl+kl_cached_packed" give the default's peak.
     rss: dict[str, float] = {}
     for name, v in variants.items():
-        for w in range(5 if v[3] is fast_opt else 1):
+        for w in range(5 if v[3] is fast_opt and v[2] == "bf16" else 1):
             one_step(v, 1000 + w)  # warm-up batches: not the timed ones
         rss[name] = round(peak_rss_gb(), 2)
     # Timed rounds interleave the variants step by step, so machine drift hits them alike.
@@ -200,6 +203,12 @@ def main() -> None:
         r["per_step_speedup_vs_default"] = [round(d / t, 3) for d, t in zip(default["ms_all_steps"], r["ms_all_steps"])]
     print("ratios vs explanation_only: " + ", ".join(f"{n} {r['ratio_vs_explanation_only']}x" for n, r in results.items()))
     f = results["expl+kl_cached_packed_fast"]
+    if "expl+kl_cached_packed_fast_fp32" in results and "expl+kl_cached_packed_fp32" in results:
+        a, b = results["expl+kl_cached_packed_fp32"], results["expl+kl_cached_packed_fast_fp32"]
+        b["examples_per_s_vs_default_fp32"] = round(b["examples_per_s"] / a["examples_per_s"], 3)
+        b["per_step_speedup_vs_default_fp32"] = [round(x / y, 3) for x, y in zip(a["ms_all_steps"], b["ms_all_steps"])]
+        print(f"fast vs default, both fp32: {b['examples_per_s_vs_default_fp32']}x training examples/s (per step: "
+              f"{', '.join(map(str, b['per_step_speedup_vs_default_fp32']))})")
     print(f"fast vs default: {f['examples_per_s_vs_default']}x training examples/s (per step: "
           f"{', '.join(map(str, f['per_step_speedup_vs_default']))}); same batch max |Δ loss| fp32 "
           f"{check['fp32']['max_abs_diff']:.2e}, bf16 {check['bf16']['max_abs_diff']:.2e} (bf16 noise floor {floor:.2e})")
