@@ -8,14 +8,14 @@
   expl+kl_cached_plain     the same losses, every sequence in its own row (pack: false)
   expl+kl_cached_packed_fp32  the default's losses with the body in fp32 (a run's `precision: fp32`; no autocast):
                            what an exact step-0 regulariser costs (docs/training.md)
-  expl+kl_cached_packed_fast_fp32  the fast copy in fp32 (the bf16 weight copies are then unused): against
-                           expl+kl_cached_packed_fp32, the speed-up where the losses agree to fp32 rounding
   expl+kl_live_reference   p_M0 computed live instead of read: a reference forward (adapter disabled, no grad) on
                            the step's x and x∖C, then the same packed policy step
   expl+kl_cached_packed_fast  the default's losses on a copy of the model with `compile: true`,
                            `cache_bf16_weights: true` (train/fast.py), `trees_per_row: --fast-trees` and
                            `rows_per_forward: --fast-rows`; its own optimiser, 5 warm-up steps (they compile the layers
                            for the shapes that come; the first step's time is reported)
+  expl+kl_cached_packed_fast_fp32  the fast copy in fp32 (the bf16 weight copies are then unused): against
+                           expl+kl_cached_packed_fp32, the speed-up where the losses agree to fp32 rounding
 Reports ms/step (median over --steps; the variants take turns step by step after the warm-up round), training
 examples/s, tokens/s (tokens of the sequences as if run alone), ratios to explanation-only and to the default, and the
 peak RSS after each warm-up. Before any update, the default and the fast copy compute the same batch's losses in bf16
@@ -125,16 +125,17 @@ def main() -> None:
                                          p_m0_without=p_m0_without[idx], choice_ids=cids, pad_id=pad,
                                          packed=k if packed else 0)
 
+    default_step, fast_step = cached(True, True), cached(True, True, fast_model, args.fast_rows, args.fast_trees)
     # name -> (losses of a step's pairs, whether behaviour is scored, the body's precision, optimiser)
     Variant = tuple[Callable[[np.ndarray], dict[str, torch.Tensor]], bool, str, Any]
     variants: dict[str, Variant] = {
         "explanation_only": (cached(False, False), False, "bf16", opt),
-        "expl+kl_cached_packed": (cached(True, True), True, "bf16", opt),
-        "expl+kl_cached_packed_fp32": (cached(True, True), True, "fp32", opt),
+        "expl+kl_cached_packed": (default_step, True, "bf16", opt),
+        "expl+kl_cached_packed_fp32": (default_step, True, "fp32", opt),
         "expl+kl_live_reference": (live_reference, True, "bf16", opt),
         "expl+kl_cached_plain": (cached(False, True), True, "bf16", opt),
-        "expl+kl_cached_packed_fast": (cached(True, True, fast_model, args.fast_rows, args.fast_trees), True, "bf16", fast_opt),
-        "expl+kl_cached_packed_fast_fp32": (cached(True, True, fast_model, args.fast_rows, args.fast_trees), True, "fp32", fast_opt),
+        "expl+kl_cached_packed_fast": (fast_step, True, "bf16", fast_opt),
+        "expl+kl_cached_packed_fast_fp32": (fast_step, True, "fp32", fast_opt),
     }
 
     keep = {"explanation_only", "expl+kl_cached_packed", "expl+kl_cached_packed_fast"}
@@ -161,15 +162,15 @@ def main() -> None:
     # The fast copy's first calls compile its layers, once per precision.
     check: dict[str, Any] = {}
     for precision in ("fp32", "bf16"):
-        plain = one_step((cached(True, True), True, precision, opt), 0, update=False)[1]
-        t_first, quick = one_step((cached(True, True, fast_model, args.fast_rows, args.fast_trees), True, precision, fast_opt), 0, update=False)
+        plain = one_step((default_step, True, precision, opt), 0, update=False)[1]
+        t_first, quick = one_step((fast_step, True, precision, fast_opt), 0, update=False)
         diff = max(abs(plain[n] - quick[n]) for n in plain)
         check[precision] = {"default": plain, "fast": quick, "max_abs_diff": diff, "first_step_s": round(t_first, 1)}
         print(f"same batch, {precision}: default {plain}, fast {quick}: max |Δ loss| {diff:.2e} "
               f"(the fast copy's first {precision} step, compiling: {t_first:.1f} s)", flush=True)
     # bf16's own noise on this batch: the default step with another attention kernel (SDPA math instead of CPU flash)
     with sdpa_kernel(SDPBackend.MATH):
-        other = one_step((cached(True, True), True, "bf16", opt), 0, update=False)[1]
+        other = one_step((default_step, True, "bf16", opt), 0, update=False)[1]
     check["bf16"]["noise_floor_math_sdpa"] = floor = max(abs(check["bf16"]["default"][n] - other[n]) for n in other)
     print(f"bf16 noise floor: the default step with the SDPA math kernel moves the losses by {floor:.2e}", flush=True)
     # Warm-up round, one step per variant in this order (the fast copy: 5, while its compiled shapes settle); the peak
@@ -177,7 +178,7 @@ def main() -> None:
     # "expl+kl_cached_packed" give the default's peak.
     rss: dict[str, float] = {}
     for name, v in variants.items():
-        for w in range(5 if v[3] is fast_opt and v[2] == "bf16" else 1):
+        for w in range(5 if name == "expl+kl_cached_packed_fast" else 1):
             one_step(v, 1000 + w)  # warm-up batches: not the timed ones
         rss[name] = round(peak_rss_gb(), 2)
     # Timed rounds interleave the variants step by step, so machine drift hits them alike.

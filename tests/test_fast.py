@@ -142,3 +142,8 @@ def test_speedup_keys_enter_the_run_inputs_only_when_set() -> None:
         assert T.train_inputs(base) == T.provenance.inputs(config=before, behavior={"x": 1}, labels={"x": 1})
         assert T.train_inputs(TrainConfig(behavior="-", labels="-", out_dir="-", compile=True)) != T.train_inputs(base)
         assert T.train_inputs(TrainConfig(behavior="-", labels="-", out_dir="-", trees_per_row=2)) != T.train_inputs(base)
+
+
+def test_a_model_without_named_decoder_layers_is_a_config_error() -> None:
+    with pytest.raises(UserError, match="compile and cache_bf16_weights"):
+        fast.compile_layers(torch.nn.Sequential(torch.nn.Linear(4, 4)))

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..config import UserError
+
 
 def _base(model: Any) -> Any:
     model = getattr(model, "module", model)  # DistributedDataParallel
@@ -30,7 +32,8 @@ def decoder_layers(model: Any) -> list[torch.nn.Module]:
     names = set(getattr(base, "_no_split_modules", None) or [])
     layers = [m for m in base.modules() if type(m).__name__ in names]
     if not layers:
-        raise ValueError(f"{type(base).__name__} names no decoder layer class (_no_split_modules); compile needs one")
+        raise UserError(f"{type(base).__name__} names no decoder layer class (_no_split_modules), which config keys "
+                        "compile and cache_bf16_weights need: set them to false for this model")
     return layers
 
 

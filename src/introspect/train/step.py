@@ -87,6 +87,9 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
         order = sorted(idx, key=length)
         return [order[i:i + size] for i in range(0, len(order), size)]
 
+    def tokens(group: tuple[list[Item], list[tuple[int, int]]]) -> int:
+        return sum(len(seq) for seq, _ in group[0])
+
     # (group, (pair index, side) of each behaviour item); side 0 = x, 1 = x∖C
     groups: list[tuple[list[Item], list[tuple[int, int]]]] = []
     for i in range(packed):  # a pair's explanation example, x and x∖C in one tree
@@ -100,7 +103,7 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
             else:
                 groups += [([(with_c[i], 0)], [(i, 0)]), ([(without_c[i], 0)], [(i, 1)])]
     if cfg.trees_per_row > 1:  # the longest tree with the shortest ones: one row, one shared start, even row lengths
-        order = sorted(groups, key=lambda g: sum(len(seq) for seq, _ in g[0]))
+        order = sorted(groups, key=tokens)
         merged = []
         while order:
             row = [order.pop()] + [order.pop(0) for _ in range(min(cfg.trees_per_row - 1, len(order)))]
@@ -108,7 +111,7 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
         groups = merged
     ce_sum, n_tok = torch.zeros(()), 0
     rows: dict[tuple[int, int], torch.Tensor] = {}  # (pair index, side) -> choice log-probs
-    for c in chunks(range(len(groups)), lambda j: sum(len(seq) for seq, _ in groups[j][0])):
+    for c in chunks(range(len(groups)), lambda j: tokens(groups[j])):
         s, n, lp = tree_terms(model, [groups[j][0] for j in c], choice_ids, pad_id)
         ce_sum, n_tok = ce_sum + s, n_tok + n
         rows.update(zip((key for j in c for key in groups[j][1]), lp if lp is not None else []))

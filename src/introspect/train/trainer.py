@@ -80,14 +80,18 @@ def probe(model: Any, tok: Any, task: Any, pairs: list[Pair], m0: Any, labels: A
             "changed_rate": float(df["changed"].mean())}
 
 
+# config keys added after runs were made with this code: they enter a run's inputs only when set away from the default
+ADDED_LATER = ("trees_per_row", "compile", "cache_bf16_weights")
+
+
 def train_inputs(cfg: TrainConfig) -> dict[str, str]:
     """What a training run is made from: its config (paths aside) and the inputs of its two tables."""
     conf = {k: v for k, v in to_dict(cfg).items() if k not in ("behavior", "labels", "out_dir", "keep_checkpoints", "device")}
     if devices.resolve(cfg.device) != "cpu":  # where it ran matters to the numbers; CPU runs keep their earlier inputs
         conf["device"] = devices.resolve(cfg.device)
-    for key, default in (("compile", False), ("cache_bf16_weights", False), ("trees_per_row", 1)):
-        if conf[key] == default:  # keys added later: at their defaults, runs made before them keep their inputs
-            del conf[key]
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ADDED_LATER and conf[f.name] == f.default:  # at their defaults, earlier runs keep their inputs
+            del conf[f.name]
     conf["monitor"] = {k: v for k, v in conf["monitor"].items() if k != "pairs"}  # a path: its table's inputs below
     tables = {"behavior": cfg.behavior, "labels": cfg.labels, **({"monitor_pairs": cfg.monitor.pairs} if cfg.monitor.every else {})}
     return provenance.inputs(config=conf, **{k: provenance.stored_inputs(Path(p)) or read_table(p)[1] for k, p in tables.items()})
