@@ -7,9 +7,9 @@ explanations still describe what the model does (storage and tamper check: `ledg
     introspect audit diff LEDGER v1 v2 [--csv F]                        per item: did behaviour and explanation move together?
     introspect audit verify LEDGER                                      the hash chain, row by row
 
-A version is flagged "stopped tracking" when its behaviour moved away from the frozen labels (agreement < 0.70) and
-its explanations did not follow (Self − Orig 95% CI reaches 0 or below); "explanations degraded" when its Self
-Exact Match is more than 0.10 below the first version's.
+A version is flagged "stopped tracking" when its behaviour moved away from the frozen labels (agreement below
+validity.MIN_AGREEMENT) and its explanations did not follow (Self − Orig 95% CI reaches 0 or below); "explanations
+degraded" when its Self Exact Match is more than validity.DEGRADED below the first version's (`validity.audit_flags`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from . import ledger
-from .config import UserError, atomic_path
+from .config import VERIFY_MARGIN, UserError, atomic_path
+from .validity import MIN_AGREEMENT, audit_flags
 
-MIN_AGREEMENT = 0.70
-DEGRADED = 0.10
 
 
 def init(path: Path, pairs_table: Path, labels_table: Path, n: int = 0) -> str:
@@ -59,7 +58,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def add(path: Path, model: str, *, tag: str, note: str = "", precision: str = "bf16", verify_margin: float = 0.015,
+def add(path: Path, model: str, *, tag: str, note: str = "", precision: str = "bf16", verify_margin: float = VERIFY_MARGIN,
         seed: int = 0, n_boot: int = 1000, batch_size: int = 16, max_new_tokens: int = 40,
         device: str = "auto") -> dict[str, Any]:
     """Sample the version's behaviour on the frozen pairs, generate its explanations, score, append to the ledger."""
@@ -113,14 +112,7 @@ def flags(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     first = rows[0]["self_em"] if rows else 0.0
     for r in rows:
-        why = []
-        if r["agreement"] < MIN_AGREEMENT and r["ci_low"] <= 0:
-            why.append(f"stopped tracking: behaviour moved away from the frozen labels (agreement {r['agreement']:.2f} < "
-                       f"{MIN_AGREEMENT}) and the explanations did not follow (Self−Orig CI low {r['ci_low']:+.3f} <= 0)")
-        if r["self_em"] < first - DEGRADED:
-            why.append(f"explanations degraded: Self EM {r['self_em']:.3f} is more than {DEGRADED} below the first "
-                       f"version's {first:.3f}")
-        out[r["tag"]] = why
+        out[r["tag"]] = audit_flags(r, first)  # the rule lives in validity.py
     return out
 
 

@@ -3,6 +3,8 @@ each with a seeded paired-bootstrap 95% CI (conventions of Li et al. 2025 as rep
 
 Definitions (n = all scored items; an unparseable explanation counts as wrong, never dropped):
   exact_match       verdict (changed/unchanged) and letter both right, over n
+  verdict_match     verdict right, the letter ignored, over n (verdict-only EM; not in METRICS, so stored results
+                    and reports keep their columns: `paired_difference(..., metrics=("verdict_match",))`)
   content_match     letter right, over n (a letter counts only in a parseable explanation; the ancestor's variant,
                     `items(..., lenient_letter=True)` / `introspect score --lenient-content`, counts it whenever
                     <<<Tag: X>>> is present)
@@ -87,6 +89,7 @@ def point(it: Items, idx: np.ndarray | None = None) -> dict[str, float]:
     k = int(it.ok.sum())
     return {
         "exact_match": float(np.mean(verdict & letter)) if n else float("nan"),
+        "verdict_match": float(np.mean(verdict)) if n else float("nan"),
         "has_changed_f1": _macro_f1(it.pred_changed[it.ok], it.gold_changed[it.ok]) if k else float("nan"),
         "content_match": float(np.mean(lenient)) if n else float("nan"),
         "parse_rate": k / n if n else float("nan"),
@@ -94,7 +97,8 @@ def point(it: Items, idx: np.ndarray | None = None) -> dict[str, float]:
     }
 
 
-def _resamples(n: int, seed: int, n_boot: int) -> np.ndarray:
+def resamples(n: int, seed: int, n_boot: int) -> np.ndarray:
+    """The bootstrap's item indices [n_boot, n]: one seeded draw shared by every paired comparison."""
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
@@ -106,7 +110,7 @@ def _ci(values: np.ndarray) -> list[float]:
 def score(it: Items, *, seed: int = 0, n_boot: int = 1000) -> dict[str, Any]:
     """Point estimates and bootstrap 95% CIs: {metric: {"value", "ci"}, "n": n}."""
     base = point(it)
-    boots = [point(it, idx) for idx in _resamples(len(it.ok), seed, n_boot)]
+    boots = [point(it, idx) for idx in resamples(len(it.ok), seed, n_boot)]
     out: dict[str, Any] = {"n": len(it.ok)}
     for m in METRICS:
         out[m] = {"value": base[m], "ci": _ci(np.array([b[m] for b in boots]))}
@@ -120,7 +124,7 @@ def paired_difference(a: Items, b: Items, *, seed: int = 0, n_boot: int = 1000,
         raise ValueError("paired scores need the same items")
     pa, pb = point(a), point(b)
     diffs: dict[str, list[float]] = {m: [] for m in metrics}
-    for idx in _resamples(len(a.ok), seed, n_boot):
+    for idx in resamples(len(a.ok), seed, n_boot):
         ra, rb = point(a, idx), point(b, idx)
         for m in metrics:
             diffs[m].append(ra[m] - rb[m])

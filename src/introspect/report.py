@@ -17,7 +17,8 @@ from typing import Any
 
 from .config import REPO_ROOT, UserError, atomic_path
 from .metrics import DEFINITIONS, METRICS
-from .report_figures import COLLAPSE, collapsed, figures
+from .report_figures import collapsed, figures
+from .validity import COLLAPSE_TOLERANCE, MIN_AGREEMENT
 from .tables import read_meta
 from .validity import Verdict, headline as verdict_headline
 
@@ -77,7 +78,8 @@ TERMS = {  # what the report's words mean, one line each (docs/metrics.md has th
     "Self": "the model's explanations scored against labels written from its current behaviour, E(M_t)",
     "Orig": "the same explanations scored against the fixed training labels, E(M0)",
     "Self − Orig": "coupling when > 0: the explanations follow the current model, not only the labels they were trained on",
-    "agreement": "share of eval items whose label is the same under E(M0) and E(M_t) (coupling precondition: ≥ 0.70)",
+    "agreement": "share of eval items whose label is the same under E(M0) and E(M_t) (coupling precondition: ≥ "
+                 f"{MIN_AGREEMENT:.2f})",
     "drift": "share of eval items where the model's behaviour (its answers on x and x∖C) differs from M0's",
     "label differs": "items whose label differs between E(M0) and E(M_t): the only items where Self and Orig can differ",
 }
@@ -133,7 +135,8 @@ def collapse_warnings(res: dict[str, Any]) -> list[str]:
         rate = r["self"]["pred_changed_rate"]["value"]
         if collapsed(r):
             out.append(f"class collapse at step {r['step']}: the model predicts 'changed' for {rate:.0%} of parseable "
-                       f"items (outside {COLLAPSE[0]:.0%}–{COLLAPSE[1]:.0%}); its Has-Changed F1 is near chance")
+                       f"items, more than {COLLAPSE_TOLERANCE:.0%} from the labels' {r['label_changed_rate']:.0%}; its "
+                       "Has-Changed F1 is near chance")
     return out
 
 

@@ -1,9 +1,8 @@
 """The run report's figures (RUN/figures/*.png): Self vs Orig per checkpoint with bootstrap bands, drift and
-agreement against the 0.7 line, training losses and the coupling monitor's checks, monitor decisions marked."""
+agreement against the validity.MIN_AGREEMENT line, training losses and the coupling monitor's checks, monitor decisions marked."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +12,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .config import read_jsonl  # noqa: E402
-
-COLLAPSE = (0.05, 0.95)  # a predicted-changed rate outside this band is flagged as class collapse
+from .validity import COLLAPSE_TOLERANCE, MIN_AGREEMENT, collapsed as _collapsed_rates  # noqa: E402
 
 
 def collapsed(r: dict[str, Any]) -> bool:
-    """Whether a checkpoint's explanations predict (nearly) one class only."""
-    rate = r["self"]["pred_changed_rate"]["value"]
-    return not math.isnan(rate) and not COLLAPSE[0] <= rate <= COLLAPSE[1]
+    """Whether a checkpoint's explanations collapsed (the validity verdict's rule, `validity.collapsed`)."""
+    return _collapsed_rates(r["self"]["pred_changed_rate"]["value"], r["label_changed_rate"])
 
 
 def _save(fig: Any, path: Path, tight: bool = True) -> Path:
@@ -59,7 +56,7 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
         flagged = [r for r in rows if collapsed(r)]
         if flagged:
             ax.plot([r["step"] for r in flagged], [r["self"][m]["value"] for r in flagged], "x", ms=12, color="red",
-                    label="class collapse (predicted-changed rate < 5% or > 95%)")
+                    label=f"class collapse (predicted-changed rate more than {COLLAPSE_TOLERANCE:.0%} from the labels')")
         ax.set_xlabel("training step (0 = M0)")
         ax.set_ylabel(m.replace("_", " "))
         ax.set_ylim(-0.02, 1.02)
@@ -72,8 +69,8 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, [r["drift"] for r in rows], "o-", label="behaviour drift from M0 (eval pairs)")
     ax.plot(steps, [r["agreement"] for r in rows], "s-", label="agreement of E(M0) with E(M_t)")
-    ax.axhline(0.7, ls="--", color="gray", lw=1)
-    ax.annotate("coupling condition ≈ 0.7", (steps[0], 0.71), fontsize=7, color="gray")
+    ax.axhline(MIN_AGREEMENT, ls="--", color="gray", lw=1)
+    ax.annotate(f"validity: agreement ≥ {MIN_AGREEMENT:.2f}", (steps[0], MIN_AGREEMENT + 0.01), fontsize=7, color="gray")
     ax.set_xlabel("training step (0 = M0)")
     ax.set_ylabel("fraction of eval pairs")
     ax.set_ylim(-0.02, 1.02)
@@ -102,7 +99,7 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
             for key, label in (("agreement", "agreement (held-out monitor pairs)"), ("self_em", "Self EM"),
                                ("orig_em", "Orig EM"), ("drift", "drift from M0")):
                 ax.plot([r["step"] for r in checks], [r["monitor"][key] for r in checks], "o-", ms=3, label=label)
-            ax.axhline(checks[0]["monitor_decision"].get("min_agreement", 0.7), ls="--", color="gray", lw=1)
+            ax.axhline(checks[0]["monitor_decision"].get("min_agreement", MIN_AGREEMENT), ls="--", color="gray", lw=1)
             mark_decisions(ax, rows_t)
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel("training step")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 from ..config import VERIFY_MARGIN, UserError, read_yaml
+from ..validity import MIN_AGREEMENT
 from ..typed import apply_overrides, build, to_dict
 
 __all__ = ["LoraSpec", "LossWeights", "MonitorSpec", "TrainConfig", "load_config", "to_dict", "validate"]
@@ -39,7 +40,7 @@ class MonitorSpec:
     pairs: str = ""  # M0's BehaviorTable on held-out pairs, never training pairs (`introspect run`: monitor_split)
     n: int = 32  # the first n of those pairs
     policy: str = "warn"  # warn | stop | rollback | adapt
-    min_agreement: float = 0.70  # the coupling condition: fixed labels agree with current behaviour on this share
+    min_agreement: float = MIN_AGREEMENT  # the coupling condition: fixed labels agree with current behaviour on this share
     lr_factor: float = 0.5  # rollback: lr x this
     lambda_factor: float = 2.0  # rollback: λ x this; adapt: λ x this when agreement < min_agreement
     lambda_floor: float = 0.1  # adapt/rollback from λ = 0 start here
@@ -87,7 +88,7 @@ class TrainConfig:
     keep_checkpoints: int = 0  # keep the newest N checkpoints' weights (0 = all); optimiser state only in the newest
     probe_every: int = 25  # steps between behaviour probes (0 = off)
     probe_pairs: int = 32  # the first N training pairs, re-sampled at every probe
-    agreement_warn: float = 0.7  # warn when fixed labels agree with current behaviour less than this
+    agreement_warn: float = MIN_AGREEMENT  # warn when fixed labels agree with current behaviour less than this
     monitor: MonitorSpec = field(default_factory=MonitorSpec)  # coupling monitor on held-out pairs (acts; off by default)
     max_length: int = 1024  # explanation examples longer than this (tokens) are an error
 
