@@ -94,6 +94,21 @@ def prune(ckdir: Path, keep: int) -> int:
 
 def load_into(model: Any, opt: Any, sched: Any, path: Path, finetune: str) -> int:
     """Restore weights, optimiser, scheduler and RNG states from `path`; returns its step."""
+    load_weights(model, path, finetune)
+    if not (path / STATE).is_file():
+        raise UserError(f"{path} has no {STATE} (only the newest checkpoint keeps it): cannot resume from it")
+    state = torch.load(path / STATE, weights_only=False)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if "rng" in state:
+        set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def load_weights(model: Any, path: Path, finetune: str) -> None:
+    """A checkpoint's trainable weights (LoRA adapter or full weights) into `model` (wrapped the same way)."""
+    if not (Path(path) / "meta.json").is_file():
+        raise UserError(f"{path} is not a complete checkpoint (no meta.json): name a RUN/train/checkpoints/step_N folder")
     if finetune == "lora":
         from peft import set_peft_model_state_dict
 
@@ -103,14 +118,6 @@ def load_into(model: Any, opt: Any, sched: Any, path: Path, finetune: str) -> in
         if unexpected or any("lm_head" not in k for k in missing):
             raise UserError(f"{path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
         model.tie_weights()
-    if not (path / STATE).is_file():
-        raise UserError(f"{path} has no {STATE} (only the newest checkpoint keeps it): cannot resume from it")
-    state = torch.load(path / STATE, weights_only=False)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    if "rng" in state:
-        set_rng_state(state["rng"])
-    return int(state["step"])
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from typing import Any
 from .config import DATA_ENV, REPO_ROOT, VERIFY_MARGIN, UserError, data_root, seed_everything, write_jsonl
 from .models import list_models
 from .cli_audit import add_audit_parser
-from .cli_experiment import add_experiment_parser
+from .cli_experiment import add_experiment_parser, add_intervene_parser
 from .tasks import TASKS
 from .typed import parse_assignment
 
@@ -271,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_run)
     act = add_audit_parser(sub)
     exp = add_experiment_parser(sub)
+    add_intervene_parser(sub)
 
     for p in [*sub.choices.values(), *act.choices.values(), *exp.choices.values()]:
         p.set_defaults(parser=p)

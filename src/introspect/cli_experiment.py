@@ -20,6 +20,36 @@ def cmd_experiment(args: argparse.Namespace) -> None:
         print(f"[experiment] wrote {Path(args.out).with_suffix('.md')} and .json")
 
 
+def cmd_intervene(args: argparse.Namespace) -> None:
+    from . import intervention
+    from .run_config import config_of_run
+
+    if args.steps < 1 or args.n_boot < 1 or args.mu <= 0 or args.lam < 0:
+        from .config import UserError
+
+        raise UserError("--steps and --n-boot must be >= 1, --mu > 0 and --lam >= 0")
+    spec = intervention.InterventionSpec(step=args.step, steps=args.steps, mu=args.mu, lam=args.lam, treatment=args.treatment, lr=args.lr,
+                                         seed=args.seed, metric=args.metric, n_boot=args.n_boot)
+    print(intervention.format_result(intervention.run(config_of_run(args.run_dir), spec)))
+
+
+def add_intervene_parser(sub: Any) -> None:
+    p = sub.add_parser("intervene", help="causal intervention test: move behaviour on a seeded half of the eval items "
+                       "(no explanation loss), regenerate explanations, difference-in-differences")
+    p.add_argument("run_dir", help="an evaluated run (RUN/eval/m0_behavior.parquet and RUN/train/checkpoints/)")
+    p.add_argument("--step", type=int, default=None, help="the explainer checkpoint (default: the last)")
+    p.add_argument("--steps", type=int, default=60, help="behaviour-only optimiser steps")
+    p.add_argument("--mu", type=float, default=1.0, help="the treatment's weight on the treated half")
+    p.add_argument("--treatment", default="sycophancy", choices=["sycophancy", "gold"],
+                   help="sycophancy: answer on x pulled to the checkpoint's answer on x∖C; gold: toward the gold answer")
+    p.add_argument("--lam", type=float, default=1.0, help="KL weight to the checkpoint's own behaviour, control half")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0, help="the treated/control split and the batch draw")
+    p.add_argument("--metric", default="verdict_match", choices=["verdict_match", "exact_match"])
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.set_defaults(fn=cmd_intervene)
+
+
 def add_experiment_parser(sub: Any) -> Any:
     """Add the `experiment` subcommand; returns its own subparsers (for per-action usage)."""
     p = sub.add_parser("experiment", help="declarative experiments (arms x seeds): the controls that tell coupling "

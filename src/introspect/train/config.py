@@ -91,6 +91,8 @@ class TrainConfig:
     agreement_warn: float = MIN_AGREEMENT  # warn when fixed labels agree with current behaviour less than this
     monitor: MonitorSpec = field(default_factory=MonitorSpec)  # coupling monitor on held-out pairs (acts; off by default)
     max_length: int = 1024  # explanation examples longer than this (tokens) are an error
+    init_from: str = ""  # a checkpoint folder (RUN/train/checkpoints/step_N) whose weights training starts from, same
+    #   finetune and LoRA shape; "" = M0. The intervention test (`introspect intervene`) starts from a trained explainer
 
 
 def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:

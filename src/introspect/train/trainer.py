@@ -81,7 +81,7 @@ def probe(model: Any, tok: Any, task: Any, pairs: list[Pair], m0: Any, labels: A
 
 
 # config keys added after runs were made with this code: they enter a run's inputs only when set away from the default
-ADDED_LATER = ("trees_per_row", "compile", "cache_bf16_weights")
+ADDED_LATER = ("trees_per_row", "compile", "cache_bf16_weights", "init_from")
 
 
 def train_inputs(cfg: TrainConfig) -> dict[str, str]:
@@ -93,6 +93,8 @@ def train_inputs(cfg: TrainConfig) -> dict[str, str]:
         if f.name in ADDED_LATER and conf[f.name] == f.default:  # at their defaults, earlier runs keep their inputs
             del conf[f.name]
     conf["monitor"] = {k: v for k, v in conf["monitor"].items() if k != "pairs"}  # a path: its table's inputs below
+    if conf.get("init_from"):  # a path: the starting weights' content hash instead
+        conf["init_from"] = checkpoints.weights_hash(Path(cfg.init_from), "")
     tables = {"behavior": cfg.behavior, "labels": cfg.labels, **({"monitor_pairs": cfg.monitor.pairs} if cfg.monitor.every else {})}
     return provenance.inputs(config=conf, **{k: provenance.stored_inputs(Path(p)) or read_table(p)[1] for k, p in tables.items()})
 
@@ -162,6 +164,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         enable()
         loaded.model.enable_input_require_grads()  # LoRA: the frozen embeddings must still pass gradients on
     model = wrap(loaded.model, cfg)
+    if cfg.init_from and start_from is None:
+        checkpoints.load_weights(model, Path(cfg.init_from), cfg.finetune)
+        say(f"[train] starting from the weights of {cfg.init_from} (init_from)")
     if cfg.cache_bf16_weights:
         say(f"[train] bf16 copies of {fast.cache_bf16_weights(model)} frozen Linear weights (cache_bf16_weights)")
     if cfg.compile:
