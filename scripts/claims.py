@@ -27,10 +27,11 @@ import numpy as np
 
 from introspect import metrics
 from introspect.config import atomic_path
+from introspect.experiment import results_dir
 from introspect.run_config import load_run_config
 from introspect.tables import read_table
 from introspect.tasks import get_task
-from introspect.validity import Verdict
+from introspect.validity import Verdict, signed
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "claims"  # the lambda-selection configs, and experiment 1's arms
@@ -78,8 +79,7 @@ def run(config: Path) -> None:
 
 def eval_dir(config: Path) -> Path:
     """The arm's eval folder: the run directory's when it has results, else the committed archive's."""
-    live = ROOT / load_run_config(config).run_dir / "eval"
-    return live if (live / "results.json").is_file() else ARCHIVE / config.stem / "eval"
+    return results_dir(config, ARCHIVE, ROOT) or ARCHIVE / config.stem / "eval"
 
 
 def archive(config: Path) -> None:
@@ -224,7 +224,6 @@ def figure(arms: dict, path: Path) -> None:
 def table() -> None:
     lam_star = json.loads((ROOT / "docs" / "claims_lambda.json").read_text())["lambda_star"] if (ROOT / "docs" / "claims_lambda.json").is_file() else "1"
     ci = lambda m: f"{m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]"  # noqa: E731
-    signed = lambda m: f"{m['value']:+.3f} [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]"  # noqa: E731
     lines = ["| arm | step | Self EM [95% CI] | Orig EM [95% CI] | Self − Orig EM [95% CI] | on differing items (n) | HC-F1 Self − Orig | agreement | validity |",
              "|---|---|---|---|---|---|---|---|---|"]
     out: dict = {"lambda_star": lam_star, "arms": {}}

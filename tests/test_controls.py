@@ -186,7 +186,8 @@ def test_intervention_runs_from_the_checkpoint_and_scores_explainers(tiny_run: P
     r = intervention.run(cfg, spec, explain=reading_explainer)
     assert r["n_treated"] == r["n_control"] == 16
     assert r["behaviour_moved"]["value"] == 0.0 and r["behaviour_moved"]["treated"] == 0.0
-    out = tiny_run / "intervention" / "step_000002_seed_0"
+    out = Path(r["dir"])
+    assert out.parent == tiny_run / "intervention" and out.name.startswith("step_000002_seed_0_")
     before, after = pd.read_parquet(out / "before.parquet"), pd.read_parquet(out / "after.parquet")
     step2 = pd.read_parquet(tiny_run / "eval" / "step_000002" / "items.parquet")
     assert (before["answer"] == step2["answer"]).all()  # "before" is the checkpoint's own behaviour
@@ -195,6 +196,18 @@ def test_intervention_runs_from_the_checkpoint_and_scores_explainers(tiny_run: P
     r2 = intervention.run(cfg, spec2, explain=lambda model, tok, task, pairs: fixed)
     assert r2["explanation_moved"]["value"] == 0.0 and r2["toward_new_behaviour"]["ci"] == [0.0, 0.0]
     assert "explanation moved toward the new behaviour" in intervention.format_result(r)
+
+
+def test_intervene_command_reuses_the_evaluated_explanations(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["intervene", str(tiny_run), "--steps", "2", "--lr", "1e-12", "--treatment", "gold",
+                     "--n-boot", "50", "--seed", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "its explanations from" in out and "(current)" in out and "[intervene]" in out
+    folder = next((tiny_run / "intervention").glob("step_000002_seed_2_*"))
+    before = pd.read_parquet(folder / "before.parquet")
+    step2 = pd.read_parquet(tiny_run / "eval" / "step_000002" / "items.parquet")
+    assert before["text"].tolist() == step2["text"].tolist()
+    assert cli.main(["intervene", str(tiny_run), "--steps", "0"]) == 2
 
 
 def _intervened(coupled: bool, seed: int, n: int = 400) -> tuple[C.Step, C.Step, np.ndarray]:

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .config import UserError
+
 
 def cmd_experiment(args: argparse.Namespace) -> None:
     from . import experiment
@@ -25,8 +27,6 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     from .run_config import config_of_run
 
     if args.steps < 1 or args.n_boot < 1 or args.mu <= 0 or args.lam < 0:
-        from .config import UserError
-
         raise UserError("--steps and --n-boot must be >= 1, --mu > 0 and --lam >= 0")
     spec = intervention.InterventionSpec(step=args.step, steps=args.steps, mu=args.mu, lam=args.lam, treatment=args.treatment, lr=args.lr,
                                          seed=args.seed, metric=args.metric, n_boot=args.n_boot)

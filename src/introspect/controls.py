@@ -223,12 +223,6 @@ def over_seeds(values: Sequence[float]) -> dict[str, Any]:
             "per_seed": [float(x) for x in v]}
 
 
-def signed(m: dict[str, Any], digits: int = 3) -> str:
-    """`+0.019 [+0.003, +0.035]` — every signed estimate with its CI, one format."""
-    f = f"{{:+.{digits}f}}"
-    return f"{f.format(m['value'])} [{f.format(m['ci'][0])}, {f.format(m['ci'][1])}]"
-
-
 def intervention(before: Step, after: Step, treated: np.ndarray, *, metric: str = "verdict_match", seed: int = 0,
                  n_boot: int = 2000) -> dict[str, Any]:
     """The causal intervention test on one seed: behaviour was moved on the `treated` items only (no explanation

@@ -23,7 +23,7 @@ from .config import UserError, atomic_path, read_yaml, stable_hash
 from .run_config import load_run_config
 from .tables import read_table
 from .typed import build
-from .validity import Verdict, coupling, coupling_line
+from .validity import coupling, coupling_line, signed
 
 
 @dataclass
@@ -76,16 +76,20 @@ def run_name(spec: ExperimentSpec, arm: str, seed: int) -> str:
     return f"{spec.arms[arm]}_s{seed}"
 
 
-def eval_dir(spec: ExperimentSpec, arm: str, seed: int) -> Path | None:
-    """The arm's eval folder: its run directory's when that has results, else the archive's; None if neither."""
-    name = run_name(spec, arm, seed)
-    config = Path(spec.configs) / f"{name}.yaml"
+def results_dir(config: Path, archive: Path, run_dir_root: Path | None = None) -> Path | None:
+    """An arm's eval folder: its run directory's (`run_dir` of `config`, under `run_dir_root` if relative) when that
+    has results, else the archive's (`archive/CONFIG_STEM/eval`); None if neither has results.json."""
     if config.is_file():
         live = Path(load_run_config(config).run_dir) / "eval"
+        live = live if run_dir_root is None or live.is_absolute() else run_dir_root / live
         if (live / "results.json").is_file():
             return live
-    archived = Path(spec.archive) / name / "eval"
+    archived = archive / config.stem / "eval"
     return archived if (archived / "results.json").is_file() else None
+
+
+def eval_dir(spec: ExperimentSpec, arm: str, seed: int) -> Path | None:
+    return results_dir(Path(spec.configs) / f"{run_name(spec, arm, seed)}.yaml", Path(spec.archive))
 
 
 def evaluated_steps(folder: Path) -> list[int]:
@@ -141,9 +145,9 @@ def controls_report(spec: ExperimentSpec, spec_hash: str) -> dict[str, Any]:
                            "sibling": spec.sibling, "seeds": spec.seeds, "verdict_metric": spec.controls.metric,
                            "valid_per_seed": [bool(v.get("valid")) for v in verdicts],
                            "metrics": {m: _per_metric(spec, own, m0, sib, m) for m in C.CORRECTNESS}}
-    out["temporal"] = {f"s{s}": {f"{step}_vs_{t}": C.temporal(o, load_step(f, t), metric=m, seed=spec.controls.seed,
-                                                               n_boot=spec.controls.n_boot)
-                                 for t in evaluated_steps(f) if t not in (0, step) for m in [spec.controls.metric]}
+    kw = dict(metric=spec.controls.metric, seed=spec.controls.seed, n_boot=spec.controls.n_boot)
+    out["temporal"] = {f"s{s}": {f"{step}_vs_{t}": C.temporal(o, load_step(f, t), **kw)
+                                 for t in evaluated_steps(f) if t not in (0, step)}
                        for s, f, o in zip(spec.seeds, prim, own)}
     out["earlier_steps"] = {str(t): C.estimate([C.self_minus_orig(x, x, spec.controls.metric) for x in
                                                 (load_step(f, t) for f in prim)], seed=spec.controls.seed,
@@ -165,7 +169,7 @@ def controls_report(spec: ExperimentSpec, spec_hash: str) -> dict[str, Any]:
 
 def format_controls(r: dict[str, Any]) -> str:
     """The controls as Markdown: one block per metric, then the temporal control and the coupling verdict."""
-    s = C.signed
+    s = signed
     lines = [f"# Controls: {r['spec']}", "", f"Written by `introspect experiment controls` (spec hash {r['spec_hash']}); "
              f"arm {r['primary']} at step {r['step']}, seeds {r['seeds']}; validity per seed: {r['valid_per_seed']}.", ""]
     for metric, m in r["metrics"].items():
@@ -220,7 +224,3 @@ def _json_default(x: Any) -> Any:
     if isinstance(x, (np.integer, np.floating)):
         return x.item()
     raise TypeError(type(x))
-
-
-def coupling_verdict(r: dict[str, Any]) -> Verdict:
-    return Verdict(**r["coupling_verdict"])

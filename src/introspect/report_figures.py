@@ -12,12 +12,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .config import read_jsonl  # noqa: E402
-from .validity import COLLAPSE_TOLERANCE, MIN_AGREEMENT, collapsed as _collapsed_rates  # noqa: E402
+from . import validity  # noqa: E402
+from .validity import COLLAPSE_TOLERANCE, MIN_AGREEMENT  # noqa: E402
 
 
 def collapsed(r: dict[str, Any]) -> bool:
     """Whether a checkpoint's explanations collapsed (the validity verdict's rule, `validity.collapsed`)."""
-    return _collapsed_rates(r["self"]["pred_changed_rate"]["value"], r["label_changed_rate"])
+    return validity.collapsed(r["self"]["pred_changed_rate"]["value"], r["label_changed_rate"])
 
 
 def _save(fig: Any, path: Path, tight: bool = True) -> Path:

@@ -105,8 +105,10 @@ def audit_flags(r: dict[str, Any], first_self_em: float) -> list[str]:
     return why
 
 
-def _est(m: dict[str, Any]) -> str:
-    return f"{m['value']:+.3f} [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]"
+def signed(m: dict[str, Any], digits: int = 3) -> str:
+    """`+0.019 [+0.003, +0.035]` — every signed estimate with its CI, one format."""
+    f = f"{{:+.{digits}f}}"
+    return f"{f.format(m['value'])} [{f.format(m['ci'][0])}, {f.format(m['ci'][1])}]"
 
 
 def coupling(*, valid: bool, self_minus_orig: dict[str, Any], own_minus_other: dict[str, dict[str, Any]],
@@ -120,30 +122,30 @@ def coupling(*, valid: bool, self_minus_orig: dict[str, Any], own_minus_other: d
     if not valid:
         fails.append("not a valid test (see the validity verdict)")
     if self_minus_orig["ci"][0] <= 0:
-        fails.append(f"Self − Orig {_est(self_minus_orig)} (CI reaches 0)")
+        fails.append(f"Self − Orig {signed(self_minus_orig)} (CI reaches 0)")
     if not own_minus_other:
         fails.append("not self-specific: no other-model control was run (sibling, other seed or other model)")
     for name, m in own_minus_other.items():
         if not m["ci"][0] > 0:  # NaN (no items) fails too
-            fails.append(f"not self-specific: own − {name} {_est(m)} (CI reaches 0)")
+            fails.append(f"not self-specific: own − {name} {signed(m)} (CI reaches 0)")
     if over_constant is None:
         fails.append("no constant-explanation baseline")
     elif not over_constant["ci"][0] > 0:
-        fails.append(f"not above chance: Self − Orig minus the best constant explanation's {_est(over_constant)}")
+        fails.append(f"not above chance: Self − Orig minus the best constant explanation's {signed(over_constant)}")
     if shuffle_p is None:
         fails.append("no within-strata shuffle null")
     elif not shuffle_p < SHUFFLE_ALPHA:
         fails.append(f"not above chance: within-strata shuffle p = {shuffle_p:.3f} >= {SHUFFLE_ALPHA}")
     if over_seeds is not None and over_seeds.get("n_seeds", 0) >= 2 and not over_seeds["ci"][0] > 0:
-        fails.append(f"not over seeds: per-seed Self − Orig {_est(over_seeds)} ({over_seeds['n_seeds']} seeds, t-interval "
+        fails.append(f"not over seeds: per-seed Self − Orig {signed(over_seeds)} ({over_seeds['n_seeds']} seeds, t-interval "
                      "reaches 0)")
     if intervention_did is not None and not intervention_did["ci"][0] > 0:
-        fails.append(f"explanations do not follow an intervention: DiD {_est(intervention_did)} (CI reaches 0)")
-    checks = {"Self − Orig": _est(self_minus_orig), **{f"own − {k}": _est(m) for k, m in own_minus_other.items()}}
+        fails.append(f"explanations do not follow an intervention: DiD {signed(intervention_did)} (CI reaches 0)")
+    checks = {"Self − Orig": signed(self_minus_orig), **{f"own − {k}": signed(m) for k, m in own_minus_other.items()}}
     if over_constant is not None:
-        checks["over best constant"] = _est(over_constant)
+        checks["over best constant"] = signed(over_constant)
     if intervention_did is not None:
-        checks["intervention DiD"] = _est(intervention_did)
+        checks["intervention DiD"] = signed(intervention_did)
     return Verdict(not fails, fails, checks)
 
 
