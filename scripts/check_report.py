@@ -3,8 +3,9 @@ check it, and screenshot it.
 
     python scripts/check_report.py runs/demo/report.html [--screenshot docs/report_screenshot.png]
 
-Fails (exit 1, one line per problem) when an image is broken (not loaded or zero-sized), a section is empty (a
-heading with nothing under it), the verdict box is missing or hidden, or a table is missing; exit 2 when the browser
+Fails (exit 1, one line per problem) when an image is broken (not loaded or zero-sized), a figure has no legend or
+labels that overlap (report_figures.layout_problems, carried on the image), an in-page link has no target, a section
+is empty (a heading with nothing under it), the verdict box is missing or hidden, or a table is missing; exit 2 when the browser
 is not installed (`apt-get install chromium chromium-driver`, `pip install selenium`). `make check-report` runs it on
 the demo run.
 """
@@ -21,6 +22,16 @@ const problems = [];
 for (const img of document.images) {
   if (!img.complete || img.naturalWidth === 0 || img.naturalHeight === 0)
     problems.push(`broken image: ${img.alt || img.src.slice(0, 60)}`);
+}
+for (const img of document.querySelectorAll('img[data-legend]')) {
+  if (img.dataset.legend !== '1') problems.push(`figure without a legend: ${img.alt}`);
+  if (img.dataset.overlaps) problems.push(`overlapping labels in ${img.alt}: ${img.dataset.overlaps}`);
+}
+for (const img of document.images) {
+  if (!img.hasAttribute('data-legend')) problems.push(`figure without its layout check (re-run introspect report): ${img.alt}`);
+}
+for (const a of document.querySelectorAll('a[href^="#"]')) {
+  if (!document.getElementById(a.getAttribute('href').slice(1))) problems.push(`link to a missing anchor: ${a.getAttribute('href')}`);
 }
 for (const sec of document.querySelectorAll('section')) {
   const h = sec.querySelector('h2');

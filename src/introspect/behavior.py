@@ -22,10 +22,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from . import devices, tree
 from .devices import autocast
+from .progress import bar as progress_bar
 from .config import VERIFY_MARGIN, UserError
 from .models import render_prompt
 from .tasks import Pair, Task
@@ -123,7 +123,7 @@ def score_groups(model: Any, groups: Sequence[Sequence[Sequence[int]]], choice_i
     root = shared_prefix([p for g in groups for p in g]) if share_root and len(groups) > 1 else 0
     root = min(root, (tree.sliding_window(model) or root + 1) - 1)  # a sliding-window cache keeps window - 1 tokens
     decoder = model.get_decoder()
-    with autocast(precision, dev.type), tqdm(total=int(offsets[-1]), disable=not progress, desc=f"{desc} ({precision})",
+    with autocast(precision, dev.type), progress_bar(total=int(offsets[-1]), disable=not progress, desc=f"{desc} ({precision})",
                                    unit="prompt") as bar:
         kv = cache_kwarg(decoder)
         root_cache = getattr(decoder(input_ids=torch.tensor([groups[0][0][:root]], device=dev), use_cache=True), kv) if root else None
@@ -198,7 +198,7 @@ def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence
         if len(close):
             exact = score_pairs(model, [with_c[i] for i in close], [without_c[i] for i in close], choice_ids,
                                 pad_id=pad_id, batch_size=batch_size, precision="fp32", share_prefix=share_prefix,
-                                verify_margin=0.0, progress=progress, desc="re-scoring near-ties in fp32")
+                                verify_margin=0.0, progress=progress, desc="re-scoring near-ties")
             for key in ("logp", "logp_without", "top", "top_without"):
                 res[key][close] = exact[key]
         res["verified"] = np.concatenate([close, close + n])  # prompt index: i (x) or n + i (x∖C)
@@ -291,8 +291,11 @@ def format_summary(s: dict[str, Any], feature: str = "C") -> str:
              f"answer distribution without {feature}: {pct(s['answers_without'])}",
              f"changed rate {s['changed_rate']:.1%}"]
     if "follow_rate" in s:
+        toward = s["changed_toward_feature_rate"]
         lines[-1] += (f"   {feature}-follow rate {s['follow_rate']:.1%} (without {feature}: {s['follow_rate_without']:.1%}); "
-                      f"changes toward {feature}: {s['changed_toward_feature_rate'] or 0:.0%}")
+                      f"changes toward {feature}: " + ("n/a (no pair changed)" if toward is None else f"{toward:.0%}"))
+        lines.append(f"  ({feature}-follow rate: share of pairs whose answer is the one the {feature} argues for; changes "
+                     f"toward {feature}: of the pairs whose answer changed, the share that changed to that answer)")
     if "accuracy_with" in s:
         lines.append(f"accuracy with/without {feature}: {s['accuracy_with']:.1%} / {s['accuracy_without']:.1%}")
     return "\n".join(lines)

@@ -76,7 +76,10 @@ def cmd_screen(args: argparse.Namespace) -> dict[str, Any]:
         table = stage_sample(model_name=args.model, task_name=args.task, task_options=_task_options(args), root=root,
                              split=args.split, n=args.n, seed=args.seed, precision="fp32", verify_margin=0.0,
                              out=out / "behavior.parquet", stage="screen", device=args.device)
-    df, _ = read_table(table)
+    df, meta = read_table(table)
+    if meta.get("precision") != "fp32":
+        raise UserError(f"{table} was sampled in {meta.get('precision')}; screening reads fp32 margins (bf16 rounds "
+                        f"near-ties): sample it with --precision fp32, or drop --behavior to let screen sample it")
     rep = screen.report(df, min_margin=args.min_margin, epsilon=args.epsilon, balance=args.balance,
                         available_train=task.available(root, args.train_split),
                         available_eval=task.available(root, args.eval_split), setting=args.name or "")
@@ -162,6 +165,20 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"[report] wrote {path}, {Path(args.run_dir) / 'summary.md'} and {Path(args.run_dir) / 'figures'}/")
 
 
+def task_options_epilog(argv: list[str] | None) -> str:
+    """The task options of the task named by --task in argv (all tasks without one), generated from the tasks."""
+    from .tasks.base import option_help
+
+    argv = sys.argv[1:] if argv is None else argv
+    named = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--task"]
+    named += [a.split("=", 1)[1] for a in argv if a.startswith("--task=")]
+    shown = [t for t in named if t in TASKS] or sorted(TASKS)
+    lines = ["task options (--task-option KEY=VALUE, or task_options: in a config):"]
+    for name in shown:
+        lines += [f"{name}:", *option_help(TASKS[name])]
+    return "\n".join(lines)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct", help="registry name, local dir or hub id (see `introspect models`)")
     p.add_argument("--split", default="val", help="data split, e.g. val, dev, test, val+dev")
@@ -176,7 +193,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="hint-mmlu", choices=sorted(TASKS))
     p.add_argument("--task-format", default=None, help="task prompt format (hint-mmlu: dot, paren, ...; aita: words, verdict)")
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
-                   help="any task option, repeatable (e.g. --task-option openings=no-I for refusal)")
+                   help="any task option, repeatable (e.g. --task-option openings=no-I for refusal; the list is below)")
     p.add_argument("--min-margin", type=float, default=0.0,
                    help="keep pairs whose top-1 minus top-2 choice log-prob is >= this on both sides (nats)")
     p.add_argument("--balance", action="store_true", help="keep equal numbers of changed and unchanged pairs")
@@ -198,13 +215,14 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="introspect", description=__doc__.splitlines()[0])
+    with_tasks = dict(epilog=task_options_epilog(argv), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"introspect {version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("models", help="list known models").set_defaults(fn=cmd_models)
 
-    p = sub.add_parser("sample", help="behaviour of a model on both sides of every pair -> BehaviorTable")
+    p = sub.add_parser("sample", help="behaviour of a model on both sides of every pair -> BehaviorTable", **with_tasks)
     _add_common(p)
     p.add_argument("--pool", type=int, default=0, help="sample this many pairs, then keep --n by margin/balance")
     p.add_argument("--no-share-prefix", action="store_true", help="run x and x∖C as separate prompts")
@@ -218,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-seed", type=int, default=0)
     p.set_defaults(fn=cmd_label)
 
-    p = sub.add_parser("screen", help="is a setting testable? margins, changed rate, class balance (fp32), verdict")
+    p = sub.add_parser("screen", help="is a setting testable? margins, changed rate, class balance (fp32), verdict",
+                       **with_tasks)
     _add_common(p)
     p.add_argument("--epsilon", type=float, default=0.01, help="KL budget: share of pairs whose argmax survives it")
     p.add_argument("--train-split", default="val+dev", help="split the training pairs would come from (projection)")
@@ -264,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("demo", help="the whole pipeline on the bundled SmolLM2 (configs/demo.yaml, about 8 min on 2 cores)")
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled SmolLM2 (configs/demo.yaml; time and memory: README)")
     p.add_argument("--config", default=str(REPO_ROOT / "configs" / "demo.yaml"))
     p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
     add_set_flag(p)
@@ -279,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, unknown = build_parser().parse_known_args(argv)
+    args, unknown = build_parser(argv).parse_known_args(argv)
     if unknown:  # a mistyped flag gets the usage of the subcommand it was meant for, not the top-level one
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

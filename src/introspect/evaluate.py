@@ -18,12 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from . import behavior, metrics
 from . import devices
 from .behavior import encode, left_pad
 from .devices import autocast
+from .progress import bar as progress_bar
 from .labels import agreement, drift, label_frame
 from .models import render_prompt
 from .tasks import Pair, Task
@@ -39,7 +39,7 @@ def generate(model: Any, tok: Any, prompts: Sequence[list[dict[str, str]]], *, p
     order = np.argsort([len(x) for x in ids], kind="stable")
     out: list[str] = [""] * len(ids)
     dev = devices.of(model)
-    with autocast(precision, dev.type), tqdm(total=len(ids), disable=not progress, desc=desc, unit="explanation") as bar:
+    with autocast(precision, dev.type), progress_bar(total=len(ids), disable=not progress, desc=desc, unit="explanation") as bar:
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             x, mask = (t.to(dev) for t in left_pad([ids[j] for j in idx], tok.pad_token_id))

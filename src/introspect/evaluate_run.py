@@ -76,6 +76,13 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
         wanted = provenance.inputs(checkpoint=weights_hash(path, base.weights_hash), eval_set=set_hash,
                                    precision=cfg.precision, verify_margin=cfg.verify_margin, seed=seed,
                                    max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, n_boot=ev.n_boot, **where)
+        store = cfg.path("kept", "eval", out.parent.name)  # results of other settings' checkpoints (kept, not lost)
+        diff = provenance.changed_keys(provenance.stored_inputs(out), wanted)
+        if diff and diff != ["(no previous output)"]:
+            kept = provenance.keep([out.parent], provenance.stored_inputs(out), store)
+            print(f"[evaluate step {step}] {out} is stale (changed: {', '.join(diff)}): moved to {kept}")
+        if diff and provenance.restore([out.parent], wanted, store):
+            print(f"[evaluate step {step}] took back this checkpoint's results from {store}")
         if provenance.is_current(out, wanted, f"evaluate step {step}"):
             res = json.loads(out.read_text())
         else:
@@ -98,6 +105,9 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
         print(f"[evaluate] step {step}: Self EM {res['self']['exact_match']['value']:.3f}  Orig EM "
               f"{res['orig']['exact_match']['value']:.3f}  Self−Orig {d['value']:+.3f} [{d['ci'][0]:+.3f}, "
               f"{d['ci'][1]:+.3f}]  label differs on {res['n_label_differs']}  agreement {res['agreement']:.2f}")
+        if step == 0 and res["self"]["parse_rate"]["value"] < 0.5:
+            print(f"[evaluate] step 0 is M0 before any training: it writes the explanation format on "
+                  f"{res['self']['parse_rate']['value']:.0%} of items, so its scores near 0 are expected, not a failure")
     if devices.secondary():
         devices.barrier()  # the main process writes; wait for it
         return results
@@ -121,19 +131,38 @@ def stage_baselines(cfg: RunConfig, base: Any, task: Any, pairs: list, e_orig: A
                                batch_size=ev.batch_size, n_boot=ev.n_boot, seed=cfg.seed)
     if provenance.is_current(out, wanted, "evaluate baselines"):
         return json.loads(out.read_text())["baselines"]
-    train_beh, _ = read_table(cfg.path("train", "behavior.parquet"))
-    train_lab, _ = read_table(cfg.path("train", "labels.parquet"))
-    texts = baselines.all_baselines(base.model, base.tokenizer, task, pairs, e_orig, train_beh, train_lab, zero_shot,
-                                    seed=cfg.seed, precision=cfg.precision, max_new_tokens=ev.max_new_tokens)
+    texts = baseline_texts(cfg, base, task, pairs, e_orig, zero_shot, results, set_hash)
     scored = {}
     for name, t in texts.items():
         orig = metrics.items(t, e_orig["changed"], e_orig["letter"], task.choices)
         self_last = metrics.items(t, last_items["self_changed"], last_items["self_letter"], task.choices)
         scored[name] = {"orig": metrics.score(orig, seed=cfg.seed, n_boot=ev.n_boot),
                         "self_last": metrics.score(self_last, seed=cfg.seed, n_boot=ev.n_boot)}
+        parse = scored[name]["orig"]["parse_rate"]["value"]
         print(f"[evaluate] baseline {name:<10} EM vs E(M0) {scored[name]['orig']['exact_match']['value']:.3f}  "
-              f"parse {scored[name]['orig']['parse_rate']['value']:.2f}")
+              f"parse {parse:.2f}" + ("  (untrained M0 rarely writes the <<<...>>> format)" if parse < 0.5 else ""))
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps({"inputs": wanted, "baselines": scored, "texts": texts}, indent=2))
     return scored
+
+
+def baseline_texts(cfg: RunConfig, base: Any, task: Any, pairs: list, e_orig: Any, zero_shot: list[str] | None,
+                   results: dict[str, Any], set_hash: str) -> dict[str, list[str]]:
+    """The baselines' explanation texts, cached in eval/baseline_texts.json on what they depend on (the eval set,
+    the training labels, M0's step-0 evaluation, generation settings) -- not on the checkpoints, so a retrained run
+    re-scores them without generating them again."""
+    out = cfg.path("eval", "baseline_texts.json")
+    ev = cfg.evaluate
+    wanted = provenance.inputs(eval_set=set_hash, train_labels=provenance.stored_inputs(cfg.path("train", "labels.parquet")),
+                               m0=results["checkpoints"]["0"]["inputs"], precision=cfg.precision,
+                               max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, seed=cfg.seed)
+    if provenance.is_current(out, wanted, "evaluate baseline explanations"):
+        return json.loads(out.read_text())["texts"]
+    train_beh, _ = read_table(cfg.path("train", "behavior.parquet"))
+    train_lab, _ = read_table(cfg.path("train", "labels.parquet"))
+    texts = baselines.all_baselines(base.model, base.tokenizer, task, pairs, e_orig, train_beh, train_lab, zero_shot,
+                                    seed=cfg.seed, precision=cfg.precision, max_new_tokens=ev.max_new_tokens)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps({"inputs": wanted, "texts": texts}, indent=2))
+    return texts
 

@@ -69,8 +69,11 @@ def stage_sample(*, model_name: str, task_name: str, task_options: dict[str, Any
             devices.barrier()
             return out
     if pool > n or (select and (select.min_margin > 0 or select.balance)):
+        pool_df = df
         df = selection.select(df, n=n, min_margin=select.min_margin if select else 0.0,
                               balance=bool(select and select.balance), seed=seed, where=stage)
+        print(f"[{stage}] " + selection.kept_line(pool_df, df, min_margin=select.min_margin if select else 0.0,
+                                                  balance=bool(select and select.balance)))
         kept = set(df["pair_id"])
         pairs = [p for p in pairs if p.id in kept]
     meta = table_meta(model_id=model_name, weights_hash=loaded.weights_hash, task=task, pairs=pairs, seed=seed,
@@ -115,27 +118,34 @@ def stage_label(*, source: Path, out: Path, noise: float, noise_seed: int) -> Pa
 
 
 def stage_train(cfg: RunConfig) -> None:
-    """Train, resume or skip: checkpoints made from other inputs are removed (saying which input changed)."""
+    """Train, resume or skip. Checkpoints made from other inputs are moved to RUN/kept/train/ (saying which input
+    changed), and those of this setting are taken back from there when a setting is switched back."""
     from .train.trainer import train, train_inputs
 
     tc = cfg.train_config()
     ckdir = cfg.path("train", "checkpoints")
-    stopped = cfg.path("train", "monitor_stop.json")
-    if stopped.is_file() and json.loads(stopped.read_text()).get("inputs") == train_inputs(tc):
+    outputs = [ckdir, cfg.path("train", "metrics.jsonl"), cfg.path("train", "monitor_stop.json")]
+    wanted = train_inputs(tc)
+    done = complete(ckdir)
+    if done:
+        made_from = checkpoint_meta(done[-1][1]).get("inputs")
+        diff = provenance.changed_keys(made_from, wanted)
+        if diff:
+            kept = provenance.keep(outputs, made_from, cfg.path("kept", "train"))
+            print(f"[train] checkpoints in {ckdir} are stale (changed: {', '.join(diff)}): moved to {kept}")
+    if not complete(ckdir) and provenance.restore(outputs, wanted, cfg.path("kept", "train")):
+        print(f"[train] took back the checkpoints of this setting from {cfg.path('kept', 'train')}")
+    stopped = outputs[2]
+    if stopped.is_file() and json.loads(stopped.read_text()).get("inputs") == wanted:
         print(f"[train] the coupling monitor stopped this run at step {json.loads(stopped.read_text())['step']}: skip")
         return
     done = complete(ckdir)
-    if done:
-        wanted = train_inputs(tc)
-        diff = provenance.changed_keys(checkpoint_meta(done[-1][1]).get("inputs"), wanted)
-        if diff:
-            print(f"[train] checkpoints in {ckdir} are stale (changed: {', '.join(diff)}): training from scratch")
-            shutil.rmtree(ckdir)
-            cfg.path("train", "metrics.jsonl").unlink(missing_ok=True)
-        elif done[-1][0] == tc.steps:
-            print(f"[train] {done[-1][1]} is the last step and current: skip")
-            return
-    train(tc, resume=bool(complete(ckdir)))
+    if done and done[-1][0] == tc.steps:
+        print(f"[train] {done[-1][1]} is the last step and current: skip")
+        return
+    if not done:
+        print("[train] training from scratch")
+    train(tc, resume=bool(done))
 
 
 def run(cfg: RunConfig) -> Path:
@@ -184,9 +194,21 @@ def run(cfg: RunConfig) -> Path:
         progress.done("evaluate")
         progress.start("report")
         report = write_report(Path(cfg.run_dir))
-    print(f"\n[run] done in {time.time() - t0:.0f}s. Report: {report.resolve()}")
+    print(f"\n[run] done in {_clock(time.time() - t0)} (peak memory {peak_rss_gb():.2f} GB resident). "
+          f"Report: {report.resolve()}")
     print(headline(res))
     return report
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (the figure README's "Memory" states for the demo)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
 
 
 def written_since(path: Path, t0: float) -> bool:

@@ -1,4 +1,5 @@
-"""Run-level progress for `introspect run`: `[stage 3/6 train]` lines and a whole-run time estimate.
+"""Progress output: the bars every stage shows (`bar`, `say`) and, for `introspect run`, `[stage 3/6 train]` lines
+and a whole-run time estimate.
 
 The estimate prices every stage in *sampled-prompt equivalents* (the cost of scoring one prompt when sampling
 behaviour) and converts them to seconds with this machine's speed, measured on the first stage that does model work
@@ -13,12 +14,35 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tqdm.auto import tqdm
+
 SECONDS_PER_PROMPT = 0.036  # sampling one prompt, 2 cores, SmolLM2, bf16 with the shared prefix (used until measured)
 PRICE = {  # cost in sampled-prompt equivalents, per unit
     "train_example": 12.0,  # one explanation example or one behaviour pair in a training step (forward + backward)
     "explanation": 11.0,  # one generated explanation (greedy, up to 40 new tokens, batch 16)
     "resampled_prompt": 2.5,  # one prompt re-scored under a LoRA checkpoint (unmerged adapter, fp32 re-check)
 }
+
+
+class Bar(tqdm):
+    """A tqdm bar whose 100% line prints once: tqdm draws the last update and then, on close, the same line again
+    with the overall rate (two 100% lines in a log). Here the last update only counts; close draws it."""
+
+    def update(self, n: float | None = 1) -> bool | None:
+        if self.total is not None and self.n + (n or 0) >= self.total and not self.disable:
+            self.n += n or 0
+            return None
+        return super().update(n)
+
+
+def bar(**kwargs: Any) -> Bar:
+    """The progress bar of every stage (`desc` and `unit` say what it counts)."""
+    return Bar(**kwargs)
+
+
+def say(message: str) -> None:
+    """Print a line without running into an open progress bar (the bar is redrawn under it)."""
+    Bar.write(message)
 
 
 def run_units(cfg: Any) -> dict[str, float]:

@@ -65,3 +65,43 @@ def is_current(path: Path, wanted: dict[str, str], stage: str, say: Any = print)
     if diff != ["(no previous output)"]:
         say(f"[{stage}] {path} is stale (changed: {', '.join(diff)}): re-running")
     return False
+
+
+KEEP_SETTINGS = 3  # outputs of the last 3 other settings are kept per folder (RUN/kept/), older ones deleted
+
+
+def keep(folders: list[Path], made_from: dict[str, str] | None, store: Path) -> Path | None:
+    """Move the stale outputs `folders` (made from `made_from`) into `store/HASH/` instead of deleting them, so a
+    setting switched back to finds them again (`restore`). Keeps the KEEP_SETTINGS newest; returns where they went."""
+    import shutil
+    import time
+
+    present = [f for f in folders if f.exists()]
+    if not present or made_from is None:
+        return None
+    dest = Path(store) / key_of(made_from)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for f in present:
+        shutil.move(str(f), str(dest / f.name))
+    (dest / "kept_at").write_text(str(time.time()))
+    for old in sorted((d for d in Path(store).iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)[:-KEEP_SETTINGS]:
+        shutil.rmtree(old)
+    return dest
+
+
+def restore(folders: list[Path], wanted: dict[str, str], store: Path) -> bool:
+    """Move back the outputs kept from a setting made from exactly `wanted` (see `keep`); False when none are."""
+    import shutil
+
+    src = Path(store) / key_of(wanted)
+    if not (src / folders[0].name).exists():
+        return False
+    for f in folders:
+        if (src / f.name).exists():
+            if f.exists():
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+            shutil.move(str(src / f.name), str(f))
+    shutil.rmtree(src)
+    return True

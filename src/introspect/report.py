@@ -9,7 +9,6 @@ import base64
 import html
 import json
 import math
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +60,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     note: str = ""
+    note_href: str = ""  # the HTML note links here (summary.md keeps the plain text)
 
     def markdown(self) -> list[str]:
         out = [f"## {self.title}", ""] + ([self.note, ""] if self.note else [])
@@ -70,11 +70,19 @@ class Table:
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
-        note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
+        text = html.escape(self.note)
+        if self.note_href:
+            text = f"<a href='{html.escape(self.note_href)}'>{text}</a>"
+        note = f"<p class='note'>{text}</p>" if self.note else ""
         return f"<section><h2>{html.escape(self.title)}</h2>{note}<table><tr>{head}</tr>{body}</table></section>"
 
 
 TERMS = {  # what the report's words mean, one line each (docs/metrics.md has the full text)
+    "C, x, x∖C": "C is the input feature under test (a hint, a stated opinion, a context claim); x is a prompt with C, "
+                 "x∖C the same prompt without it; the pair (x, x∖C) is one item",
+    "M0, M_t": "M0 is the base model before training (step 0); M_t the model after t training steps",
+    "E(M)": "explanation labels written from model M's behaviour on each pair: whether its answer changes when C is "
+            "removed, and to what (E(M0): from M0 = the fixed training labels; E(M_t): from the current model)",
     "Self": "the model's explanations scored against labels written from its current behaviour, E(M_t)",
     "Orig": "the same explanations scored against the fixed training labels, E(M0)",
     "Self − Orig": "coupling when > 0: the explanations follow the current model, not only the labels they were trained on",
@@ -89,7 +97,8 @@ def tables(res: dict[str, Any]) -> list[Table]:
     rows = sorted(res["checkpoints"].values(), key=lambda r: r["step"])
     out = [Table("Validity verdict per checkpoint", ["step", "verdict"],
                  [[str(r["step"]), Verdict(**r["verdict"]).line()] for r in rows],
-                 "docs/metrics.md#validity-of-a-self-vs-orig-number lists the conditions; one function decides them.")]
+                 "docs/metrics.md#validity-of-a-self-vs-orig-number lists the conditions; one function decides them.",
+                 note_href="#metrics-doc")]
     for m in METRICS:
         t = Table(m, ["step", "Self", "Orig", "Self − Orig", "Self − Orig on differing items (n)"], [],
                   f"{DEFINITIONS[m]}. Point estimates with paired-bootstrap 95% CIs over the {rows[0]['n']} eval items.")
@@ -171,6 +180,13 @@ CSS = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 12px;
        "pre{white-space:pre-wrap;font-size:12px;background:#f7f7f7;padding:8px}")
 
 
+def _figure_attrs(check: dict[str, Any] | None) -> str:
+    """The figure's layout check (report_figures.layout_problems) as attributes the browser check reads."""
+    if check is None:
+        return ""
+    return (f'data-legend="{int(check["legend"])}" data-overlaps="{html.escape("; ".join(check["overlaps"]))}" ')
+
+
 def write_report(run: Path) -> Path:
     run = Path(run)
     res = load_results(run)
@@ -184,18 +200,25 @@ def write_report(run: Path) -> Path:
     warnings = collapse_warnings(res)
     warn = ("<div class='box warn'><b>Warnings</b><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
             + "</ul></div>") if warnings else ""
-    docs = Path(os.path.relpath(REPO_ROOT / "docs" / "metrics.md", run.resolve())).as_posix()
     terms = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in TERMS.items())
     terms += "".join(f"<dt>{m}</dt><dd>{html.escape(DEFINITIONS[m])}</dd>" for m in METRICS)
+    metrics_doc = REPO_ROOT / "docs" / "metrics.md"  # embedded: the page stays readable wherever it is opened
+    doc = (f"<section id='metrics-doc'><h2>docs/metrics.md (embedded)</h2><details><summary>the full definitions, "
+           f"parsing and the bootstrap</summary><pre>{html.escape(metrics_doc.read_text())}</pre></details></section>"
+           if metrics_doc.is_file() else "")
     how = (f"<section><h2>How to read this page</h2><dl>{terms}</dl><p class='note'>Full definitions, parsing and the "
-           f"bootstrap: <a href='{docs}'>docs/metrics.md</a>.</p></section>")
-    imgs = "".join(f'<section><h2>{html.escape(k.replace("_", " "))}</h2><img alt="{k}" src="data:image/png;base64,'
+           + ("bootstrap: <a href='#metrics-doc'>docs/metrics.md, embedded at the end of this page</a>.</p></section>"
+              if doc else "bootstrap: docs/metrics.md in the introspect repository.</p></section>"))
+    checks_path = run / "figures" / "figures.json"
+    checks = json.loads(checks_path.read_text()) if checks_path.is_file() else {}
+    imgs = "".join(f'<section><h2>{html.escape(k.replace("_", " "))}</h2><img alt="{k}" '
+                   + _figure_attrs(checks.get(p.name)) + f'src="data:image/png;base64,'
                    f'{base64.b64encode(p.read_bytes()).decode()}"></section>' for k, p in figs.items())
     config = run / "run_config.json"
     prov = Table("Provenance", ["what", "value"], provenance_rows(run))
     details = ("<section><h2>Config and provenance</h2><details><summary>run_config.json, model and data hashes, commit"
                "</summary>" + (f"<pre>{html.escape(config.read_text())}</pre>" if config.is_file() else "")
-               + prov.html().replace("<h2>Provenance</h2>", "") + "</details></section>")
+               + prov.html().replace("<h2>Provenance</h2>", "") + "</details></section>" + doc)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>introspect report: {html.escape(run.name)}</title>"
             f"<style>{CSS}</style></head><body><h1>introspect report: {html.escape(str(run))}</h1>{box}{warn}{how}{imgs}"
             + "".join(t.html() for t in tables(res)) + details + "</body></html>")

@@ -11,7 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .config import read_jsonl  # noqa: E402
+import json  # noqa: E402
+
+from .config import atomic_path, read_jsonl  # noqa: E402
 from . import validity  # noqa: E402
 from .validity import COLLAPSE_TOLERANCE, MIN_AGREEMENT  # noqa: E402
 
@@ -21,9 +23,23 @@ def collapsed(r: dict[str, Any]) -> bool:
     return validity.collapsed(r["self"]["pred_changed_rate"]["value"], r["label_changed_rate"])
 
 
-def _save(fig: Any, path: Path, tight: bool = True) -> Path:
+def layout_problems(fig: Any) -> dict[str, Any]:
+    """What the report's browser check reads: whether the figure has a legend, and which of its labels (annotations,
+    legend entries, titles, axis labels) overlap each other on the drawn image."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    texts = [t for ax in fig.axes for t in (*ax.texts, ax.title, ax.xaxis.label, ax.yaxis.label)]
+    texts += [t for lg in legends for t in lg.get_texts()]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text().strip()]
+    overlaps = [f"{a!r} / {b!r}" for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
+    return {"legend": bool(legends), "overlaps": overlaps}
+
+
+def _save(fig: Any, path: Path, checks: dict[str, Any], tight: bool = True) -> Path:
     if tight:
         fig.tight_layout()
+    checks[path.name] = layout_problems(fig)
     fig.savefig(path, dpi=110, bbox_inches="tight")  # legends sit outside the axes: keep them in the image
     plt.close(fig)
     return path
@@ -32,6 +48,7 @@ def _save(fig: Any, path: Path, tight: bool = True) -> Path:
 def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict[str, Path]:
     out_dir = run / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
+    layout: dict[str, Any] = {}  # figure file -> layout_problems, written to figures/figures.json
     rows = sorted(res["checkpoints"].values(), key=lambda r: r["step"])
     steps = [r["step"] for r in rows]
     paths: dict[str, Path] = {}
@@ -45,39 +62,43 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
             hi = [r[key][m]["ci"][1] for r in rows]
             ax.plot(steps, vals, "o-", color=color, label=label)
             ax.fill_between(steps, lo, hi, color=color, alpha=0.2)
-        for name, b in res.get("baselines", {}).items():
-            if name in ("majority", "nearest", "few_shot"):
-                ax.axhline(b["orig"][m]["value"], ls=":", lw=1, color="gray")
-                ax.annotate(f"{name} (vs E(M0))", (steps[-1], b["orig"][m]["value"]), fontsize=7, color="gray",
-                            ha="right", va="bottom")
+        for (name, b), ls in zip(((k, v) for k, v in res.get("baselines", {}).items()
+                                  if k in ("majority", "nearest", "few_shot")), (":", "-.", (0, (1, 3)))):
+            ax.axhline(b["orig"][m]["value"], ls=ls, lw=1, color="gray", label=f"baseline {name}, scored vs E(M0)")
         majority = res.get("baselines", {}).get("majority")
-        if majority:  # the same constant answer scored against the last checkpoint's own labels
-            ax.plot([steps[-1]], [majority["self_last"][m]["value"]], "*", ms=11, color="black",
-                    label="majority label vs E(M_last): a constant answer")
+        span = max(steps[-1] - steps[0], 1)
+        if majority:  # the same constant answer scored against the last checkpoint's own labels; set to the right
+            ax.plot([steps[-1] + 0.03 * span], [majority["self_last"][m]["value"]], "*", ms=11, color="black",
+                    label="majority label vs E(M_last): a constant answer (drawn right of the last step)")
         flagged = [r for r in rows if collapsed(r)]
         if flagged:
             ax.plot([r["step"] for r in flagged], [r["self"][m]["value"] for r in flagged], "x", ms=12, color="red",
                     label=f"class collapse (predicted-changed rate more than {COLLAPSE_TOLERANCE:.0%} from the labels')")
-        ax.set_xlabel("training step (0 = M0)")
+        undefined = [r["step"] for r in rows if r["self"][m]["value"] != r["self"][m]["value"]]  # NaN
+        if undefined:
+            ax.set_xlabel(f"training step (0 = M0); not drawn at step {', '.join(map(str, undefined))}: {m} undefined "
+                          "(no explanation parses)", fontsize=8)
+        if not undefined:
+            ax.set_xlabel("training step (0 = M0)")
         ax.set_ylabel(m.replace("_", " "))
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{m.replace('_', ' ')}, 95% bootstrap CI (n={rows[0]['n']})")
     handles, names = axes[0].get_legend_handles_labels()  # one legend below both panels, never over the data
-    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    paths["self_vs_orig"] = _save(fig, out_dir / "self_vs_orig.png", tight=False)
+    fig.tight_layout()
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
+    paths["self_vs_orig"] = _save(fig, out_dir / "self_vs_orig.png", layout, tight=False)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, [r["drift"] for r in rows], "o-", label="behaviour drift from M0 (eval pairs)")
     ax.plot(steps, [r["agreement"] for r in rows], "s-", label="agreement of E(M0) with E(M_t)")
-    ax.axhline(MIN_AGREEMENT, ls="--", color="gray", lw=1)
-    ax.annotate(f"validity: agreement ≥ {MIN_AGREEMENT:.2f}", (steps[0], MIN_AGREEMENT + 0.01), fontsize=7, color="gray")
+    ax.axhline(MIN_AGREEMENT, ls="--", color="gray", lw=1,
+               label=f"validity needs agreement ≥ {MIN_AGREEMENT:.2f} (a condition on the agreement line only)")
     ax.set_xlabel("training step (0 = M0)")
     ax.set_ylabel("fraction of eval pairs")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     ax.set_title("drift and label–behaviour agreement")
-    paths["drift"] = _save(fig, out_dir / "drift_agreement.png")
+    paths["drift"] = _save(fig, out_dir / "drift_agreement.png", layout)
 
     log = run / "train" / "metrics.jsonl"
     if log.is_file():
@@ -93,7 +114,7 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
         ax.set_ylabel("loss (log scale)")
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
         ax.set_title("training losses")
-        paths["losses"] = _save(fig, out_dir / "losses.png")
+        paths["losses"] = _save(fig, out_dir / "losses.png", layout)
         checks = [r for r in rows_t if "monitor" in r]
         if checks:
             fig, ax = plt.subplots(figsize=(6, 4))
@@ -107,7 +128,9 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
             ax.set_ylabel("fraction of monitor pairs")
             ax.set_title(f"coupling monitor (policy {checks[0]['monitor_decision']['policy']})")
             ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-            paths["monitor"] = _save(fig, out_dir / "monitor.png")
+            paths["monitor"] = _save(fig, out_dir / "monitor.png", layout)
+    with atomic_path(out_dir / "figures.json") as tmp:
+        tmp.write_text(json.dumps(layout, indent=2))
     return paths
 
 

@@ -46,3 +46,15 @@ def select(df: pd.DataFrame, *, n: int, min_margin: float = 0.0, balance: bool =
                             f"the {n} asked for (raise selection.pool, lower selection.min_margin or n)")
         idx = rng.choice(keep.index.to_numpy(), n, replace=False)
     return df.loc[np.sort(idx)].reset_index(drop=True)
+
+
+def kept_line(pool: pd.DataFrame, kept: pd.DataFrame, *, min_margin: float, balance: bool) -> str:
+    """What the selection did, in one line: 'kept 100 of 500 pairs: margin >= 0.25 nats both sides (212 qualify),
+    balanced 50 changed / 50 unchanged'."""
+    rules = []
+    if min_margin > 0:
+        rules.append(f"margin >= {min_margin:g} nats both sides ({int((pair_margin(pool) >= min_margin).sum())} qualify)")
+    n_changed = int(kept["changed"].sum())
+    rules.append(f"balanced {n_changed} changed / {len(kept) - n_changed} unchanged" if balance
+                 else f"drawn at random with the seed ({n_changed} changed)")
+    return f"kept {len(kept)} of {len(pool)} pairs: " + ", ".join(rules)

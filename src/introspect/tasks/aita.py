@@ -47,7 +47,8 @@ FORMATS: dict[str, dict[str, Any]] = {  # prompt formats; docs/tasks.md has the 
 }
 
 
-def read_aita(path: Path, min_chars: int, verdicts: tuple[str, ...] = ("NTA", "YTA")) -> list[dict[str, str]]:
+def read_aita(path: Path) -> list[dict[str, str]]:
+    """Every row of the shipped AITA file (the task's `posts` applies the verdict and min_chars rules)."""
     if not path.is_file():
         raise UserError(f"{path} does not exist: the data root must hold {FILE} (flag --data-root, variable INTROSPECT_DATA)")
     rows = []
@@ -59,8 +60,7 @@ def read_aita(path: Path, min_chars: int, verdicts: tuple[str, ...] = ("NTA", "Y
         for rec in reader:
             if None in rec or any(v is None for v in rec.values()):
                 raise UserError(f"{path}:{reader.line_num}: wrong number of columns")
-            if (rec["verdict"] in verdicts or verdicts == ("all",)) and len(rec["submission_text"].strip()) >= min_chars:
-                rows.append(rec)
+            rows.append(rec)
     return rows
 
 
@@ -69,6 +69,14 @@ class AITA(Task):
     feature_name = "stated opinion"
     tag = "Verdict"
     choices = ("YTA", "NTA")
+    option_docs = {
+        "format": "the prompt format (see FORMATS in tasks/aita.py; docs/tasks.md compares them)",
+        "min_chars": "posts with a shorter body are dropped (deleted posts: '' or '**'); the count is printed",
+        "max_chars": "posts are cut to this many characters",
+        "verdicts": "'binary' keeps NTA/YTA posts only; 'all' keeps every verdict class (gold set only for NTA/YTA)",
+        "file": "your own posts, CSV or JSONL with id, text, verdict (read it with --split all, or train/test)",
+        "file_columns": "maps id/text/verdict to your file's column names, e.g. {text: body}",
+    }
 
     def __init__(self, format: str = "verdict", min_chars: int = 50, max_chars: int = 1200, verdicts: str = "binary",
                  file: str | None = None, file_columns: dict[str, str] | None = None) -> None:
@@ -96,20 +104,33 @@ class AITA(Task):
         return [Path(self.file) if self.file else data_root / FILE]
 
     def posts(self, data_root: Path, split: str) -> list[tuple[str, str, str]]:
-        """(pair id prefix, post text, gold verdict) of the usable posts in a split."""
+        """(pair id prefix, post text, gold verdict) of the usable posts in a split; what was dropped and why is
+        kept in `self.dropped` (printed by `pairs`)."""
         if split not in ("multiclass", "all", *HOLDOUT_SPLITS):
-            raise UserError(f"aita split must be 'multiclass' (all usable rows; the binary split is withheld) or its "
-                            f"fixed 80/20 part 'train' / 'test', got {split!r} (flag --split)")
+            raise UserError(f"aita split must be 'all' (every usable post; 'multiclass' is the same for the shipped "
+                            f"file) or its fixed 80/20 part 'train' / 'test', got {split!r} (flag --split; the shipped "
+                            f"file's binary split is withheld, and a file of your own is read with --split all)")
         keep = ("NTA", "YTA") if self.verdicts == "binary" else ("all",)
         if self.file:
             prefix = Path(self.file).stem
-            rows = [(f"{prefix}/{r['id']}", r["text"], r["verdict"])
-                    for r in read_records(Path(self.file), self.file_columns, "file")]
-            rows = [r for r in rows if (r[2] in keep or keep == ("all",)) and len(r[1]) >= self.min_chars]
+            raw = [(f"{prefix}/{r['id']}", r["text"], r["verdict"])
+                   for r in read_records(Path(self.file), self.file_columns, "file", may_be_empty=("text",))]
         else:
-            rows = [(f"aita/{r['row_index']}", r["submission_text"].strip(), r["verdict"])
-                    for r in read_aita(data_root / FILE, self.min_chars, keep)]
+            raw = [(f"aita/{r['row_index']}", r["submission_text"].strip(), r["verdict"])
+                   for r in read_aita(data_root / FILE)]
+        self.dropped = {"an empty body": sum(not r[1].strip() for r in raw),
+                        f"a body shorter than min_chars={self.min_chars} (e.g. '**', a deleted post)":
+                            sum(0 < len(r[1].strip()) < self.min_chars for r in raw),
+                        "a verdict other than NTA/YTA (task option verdicts: all keeps them)":
+                            sum(len(r[1].strip()) >= self.min_chars and r[2] not in keep and keep != ("all",) for r in raw)}
+        self.read = len(raw)
+        rows = [r for r in raw if (r[2] in keep or keep == ("all",)) and len(r[1].strip()) >= self.min_chars]
         return [r for r in rows if in_holdout_split(r[0], split)]
+
+    def drop_line(self) -> str:
+        """'dropped 12 of 2,000 posts: 3 with an empty body, ...' after `posts` (empty when nothing was dropped)."""
+        why = [f"{n} with {what}" for what, n in getattr(self, "dropped", {}).items() if n]
+        return f"[aita] dropped {sum(getattr(self, 'dropped', {}).values())} of {self.read} posts: " + ", ".join(why) if why else ""
 
     def available(self, data_root: Path, split: str) -> int:
         return 2 * len(self.posts(data_root, split))
@@ -119,6 +140,8 @@ class AITA(Task):
 
     def pairs(self, data_root: Path, split: str, n: int, seed: int) -> list[Pair]:
         rows = self.posts(data_root, split)
+        if self.drop_line():
+            print(self.drop_line())
         candidates = [(rec, side) for rec in rows for side in ("NTA", "YTA")]  # each post with either stance
         if n > len(candidates):
             raise UserError(f"asked for {n} AITA pairs but split {split!r} has {len(rows)} usable posts, so at most "

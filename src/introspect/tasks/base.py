@@ -41,9 +41,10 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def read_records(path: Path, columns: dict[str, str], option: str) -> list[dict[str, str]]:
+def read_records(path: Path, columns: dict[str, str], option: str, may_be_empty: tuple[str, ...] = ()) -> list[dict[str, str]]:
     """Rows of a user's CSV or JSONL file as {our name: value} for `columns` = {our name: the file's column};
-    a missing file, column or value is a UserError naming the file (and line) and the task option to change."""
+    a missing file, column or value is a UserError naming the file (and line) and the task option to change.
+    Columns in `may_be_empty` may hold an empty value (read as ''): the task drops and counts such rows."""
     import csv
     import json
 
@@ -71,7 +72,9 @@ def read_records(path: Path, columns: dict[str, str], option: str) -> list[dict[
         row = {}
         for ours, theirs in columns.items():
             value = rec.get(theirs)
-            if value is None or str(value).strip() == "":
+            if ours in may_be_empty and theirs in rec and (value is None or str(value).strip() == ""):
+                value = ""
+            elif value is None or str(value).strip() == "":
                 raise UserError(f"{path}:{line}: missing value for column {theirs!r} (task option {option}_columns "
                                 f"maps {ours} to a column of your file)")
             row[ours] = str(value).strip()
@@ -92,6 +95,19 @@ def in_holdout_split(key: str, split: str) -> bool:
     return (int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 5 == 0) == (split == "test")
 
 
+def option_help(cls: type["Task"]) -> list[str]:
+    """One line per task option of `cls` (its constructor's arguments): name, default, doc."""
+    import inspect
+
+    out = []
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self":
+            continue
+        default = "none" if param.default is None else repr(param.default)
+        out.append(f"  {name} (default {default}): {cls.option_docs.get(name, 'undocumented')}")
+    return out
+
+
 class Task(ABC):
     """One counterfactual task. Subclasses set the class fields and implement `pairs`."""
 
@@ -101,6 +117,7 @@ class Task(ABC):
     choices: tuple[str, ...]
     assistant_prefix: str  # text the assistant turn starts with; the answer is the next token
     continuations: tuple[str, ...]  # what is scored after the prefix, one per choice (each must be one token)
+    option_docs: ClassVar[dict[str, str]] = {}  # constructor argument -> one line (`introspect sample --task T --help`)
 
     @abstractmethod
     def pairs(self, data_root: Path, split: str, n: int, seed: int) -> list[Pair]:

@@ -110,6 +110,13 @@ class HintMMLU(Task):
     feature_name = "hint"
     tag = "Answer"
     choices = LETTERS
+    option_docs = {
+        "format": "the prompt format (see FORMATS in tasks/hint_mmlu.py; docs/tasks.md compares them)",
+        "subjects": "MMLU subjects to keep, a list (default: every subject in the split)",
+        "hint": f"how strongly C pushes, one of {', '.join(HINTS)}",
+        "data_dir": "your own folder of MMLU-style files SPLIT/SUBJECT_SPLIT.csv (no header: question, A, B, C, D, "
+                    "answer) instead of the shipped mmlu/",
+    }
 
     def __init__(self, format: str = DEFAULT_FORMAT, subjects: list[str] | None = None, hint: str = "curious",
                  data_dir: str | None = None) -> None:

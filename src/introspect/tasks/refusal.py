@@ -10,7 +10,7 @@ Splits: "all" = every row; "train" / "test" = the fixed 80/20 partition by reque
 Task option `sources` adds shared sets: "refusal_direction" (harmless/harmful instruction splits, both sides),
 "advbench", "harmbench", "strongreject" (harmful only). Task option `file` reads your own requests instead (CSV or
 JSONL with a request and a harmful/benign label; `file_columns` maps id/request/label to your column names; the
-label may be harmful/benign, harmful/unharmful, 1/0 or true/false); pair ids are then `{file stem}/{id}`.
+label may be harmful/benign, unsafe/safe, harmful/unharmful, 1/0 or true/false); pair ids are then `{file stem}/{id}`.
 
 C is one claim from `CLAIMS`, drawn per pair, appended after the request. Behaviour is refuse vs comply, read from
 the first assistant token (reader "logit", the default): the probability of refusal openings versus compliance
@@ -63,7 +63,8 @@ SOURCE_FILES = {"phtest": [PHTEST], "wildguard": [WILDGUARD],
                                       for s in ("train", "val", "test")],
                 "advbench": ["harmbench/advbench_behaviors.csv"], "harmbench": ["harmbench/harmbench_behaviors_text_all.csv"],
                 "strongreject": ["harmbench/strongreject_dataset.csv"]}
-HARMFUL_LABELS, BENIGN_LABELS = {"harmful", "1", "true", "yes"}, {"benign", "harmless", "unharmful", "0", "false", "no"}
+HARMFUL_LABELS = {"harmful", "unsafe", "1", "true", "yes"}  # label spellings of users' files (XSTest: safe/unsafe)
+BENIGN_LABELS = {"benign", "harmless", "unharmful", "safe", "0", "false", "no"}
 
 
 def _csv_column(path: Path, column: str) -> list[str]:
@@ -129,6 +130,14 @@ class Refusal(Task):
     feature_name = "context claim"
     tag = "Response"
     choices = ("refuse", "comply")
+    option_docs = {
+        "max_chars": "requests longer than this are dropped",
+        "openings": "which first assistant tokens count as refusing / complying, one of " + ", ".join(OPENINGS),
+        "sources": f"the shipped request sets to read, a list from {', '.join(SOURCES)} "
+                   f"(none = {', '.join(DEFAULT_SOURCES)})",
+        "file": "your own requests, CSV or JSONL with id, request, label (harmful/benign, safe/unsafe, 1/0, ...)",
+        "file_columns": "maps id/request/label to your file's column names, e.g. {request: prompt}",
+    }
 
     def __init__(self, max_chars: int = 600, openings: str = "with-I", sources: list[str] | None = None,
                  file: str | None = None, file_columns: dict[str, str] | None = None) -> None:
@@ -165,6 +174,8 @@ class Refusal(Task):
             benign, harmful = load_user_requests(Path(self.file), self.file_columns)
         else:
             benign, harmful = load_requests(data_root, self.sources_)
+        self.too_long = sum(len(r[1]) > self.max_chars for r in [*benign, *harmful])
+        self.read = len(benign) + len(harmful)
         keep = lambda rows: [r for r in rows if len(r[1]) <= self.max_chars and in_holdout_split(r[0], split)]  # noqa: E731
         return keep(benign), keep(harmful)
 
@@ -177,6 +188,9 @@ class Refusal(Task):
 
     def pairs(self, data_root: Path, split: str, n: int, seed: int) -> list[Pair]:
         benign, harmful = self.requests(data_root, split)
+        if self.too_long:
+            print(f"[refusal] dropped {self.too_long} of {self.read} requests longer than max_chars={self.max_chars} "
+                  f"(task option max_chars)")
         rng = random.Random(seed)
         n_harm = n // 2
         if n - n_harm > len(benign) or n_harm > len(harmful):

@@ -22,10 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .. import behavior, checkpoints, devices, provenance
+from .. import behavior, checkpoints, devices, progress, provenance
 from ..behavior import choice_token_ids, encode_pairs
 from ..config import UserError, seed_everything
 from ..labels import agreement, drift, label_frame
@@ -121,7 +120,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     seed_everything(cfg.seed)
     out = Path(cfg.out_dir)
     ckdir = out / "checkpoints"
-    say = acc.print
+    say = progress.say if acc.is_main_process else (lambda message: None)
 
     beh, beh_meta = read_table(cfg.behavior)
     lab, lab_meta = read_table(cfg.labels)
@@ -208,7 +207,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     n_probe = min(cfg.probe_pairs, len(pairs))
     kill_at = int(os.environ.get(KILL_ENV, "0"))
     t_start, tokens_seen = time.time(), 0
-    bar = tqdm(initial=start, total=cfg.steps, desc="training", unit="step", disable=not acc.is_main_process)
+    bar = progress.bar(initial=start, total=cfg.steps, desc="training", unit="step", disable=not acc.is_main_process)
     step = start
     while step < cfg.steps:
         step += 1
@@ -265,6 +264,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
             weights = dataclasses.replace(weights, behavior_kl=decision.lam)
             if decision.action in ("ok", "lower_lambda"):  # the condition holds here: the state to stop at / roll back to
                 mon.remember(step, acc.unwrap_model(model), opt, sched)
+        if step == cfg.steps:
+            bar.close()  # the last step's lines below print after the bar's final line, not into it
         if acc.is_main_process:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
