@@ -127,3 +127,84 @@ def test_corrupt_or_foreign_file_is_a_clear_error(tmp_path: Path, capsys: pytest
     assert "not an introspect audit ledger" in capsys.readouterr().err
     assert cli.main(["audit", "show", str(tmp_path / "missing.sqlite")]) == 2
     assert "audit init" in capsys.readouterr().err
+
+
+def _sql(path: Path, *statements: str) -> None:
+    con = sqlite3.connect(path)
+    for s in statements:
+        con.execute(s)
+    con.commit()
+    con.close()
+
+
+def _recompute_chain(path: Path) -> None:
+    """What an attacker without the key does after editing a row: recompute every unkeyed hash from the start."""
+    import hashlib
+    import json
+
+    con = sqlite3.connect(path)
+    con.row_factory = sqlite3.Row
+    info = {r["key"]: r["value"] for r in con.execute("SELECT key, value FROM meta")}
+    prev = ledger.genesis(info)
+    for v in [dict(r) for r in con.execute("SELECT * FROM versions ORDER BY id")]:
+        vs = [[dict(r)[k] for k in ledger.VERDICT_FIELDS] for r in
+              con.execute("SELECT * FROM verdicts WHERE version_id = ? ORDER BY idx", (v["id"],))]
+        blob = json.dumps([prev, [v[k] for k in ledger.VERSION_FIELDS], vs], sort_keys=True, default=str).encode()
+        h = hashlib.sha256(blob).hexdigest()
+        con.execute("UPDATE versions SET prev_hash = ?, row_hash = ? WHERE id = ?", (prev, h, v["id"]))
+        prev = h
+    con.commit()
+    con.close()
+
+
+NEWEST = ("DELETE FROM verdicts WHERE version_id=(SELECT max(id) FROM versions)",
+          "DELETE FROM versions WHERE id=(SELECT max(id) FROM versions)")
+
+
+@pytest.mark.parametrize("attack, caught_by_chain_alone", [
+    (NEWEST, False),
+    (("DELETE FROM verdicts", "DELETE FROM versions"), False),
+    (("UPDATE meta SET value = 'another-model' WHERE key = 'm0'",), True),
+    (("UPDATE meta SET value = '2020-01-01T00:00:00+00:00' WHERE key = 'created'",), True),
+    (("UPDATE versions SET self_em = 0.99 WHERE tag = 'v1'", "RECOMPUTE"), False),
+])
+def test_attacks_are_caught_by_the_head_and_the_witness(frozen, tmp_path: Path, attack, caught_by_chain_alone,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path, wit = tmp_path / "ledger.sqlite", tmp_path / "elsewhere" / "witness.jsonl"
+    audit.init(path, frozen["pairs"], frozen["labels"])
+    for tag in ("v1", "v2"):
+        assert cli.main(["audit", "add", str(path), "tiny-random", "--tag", tag, "--precision", "fp32", "--n-boot",
+                         "20", "--max-new-tokens", "6", "--witness", str(wit)]) == 0
+    capsys.readouterr()
+    assert cli.main(["audit", "verify", str(path), "--witness", str(wit)]) == 0
+    head = capsys.readouterr().out.split("[audit] head ")[1].split()[0]
+    assert head.startswith("2:") and len(head) == 66 and len(wit.read_text().splitlines()) == 2
+    _sql(path, *(s for s in attack if s != "RECOMPUTE"))
+    if "RECOMPUTE" in attack:
+        _recompute_chain(path)
+    assert (cli.main(["audit", "verify", str(path)]) == 2) == caught_by_chain_alone
+    capsys.readouterr()
+    assert cli.main(["audit", "verify", str(path), "--witness", str(wit)]) == 2
+    assert cli.main(["audit", "verify", str(path), "--head", head]) == 2
+    err = capsys.readouterr().err
+    assert "removed after that head" in err or "rewritten after that head" in err or "tamper check failed" in err
+
+
+def test_a_keyed_chain_cannot_be_recomputed_without_the_key(frozen, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(ledger.KEY_ENV, "a secret only the auditor holds")
+    path = tmp_path / "keyed.sqlite"
+    audit.init(path, frozen["pairs"], frozen["labels"])
+    _add(path, "tiny-random", "v1")
+    assert audit.verify(path) == 1
+    _sql(path, "UPDATE versions SET self_em = 0.99 WHERE tag = 'v1'")
+    _recompute_chain(path)
+    capsys.readouterr()
+    assert cli.main(["audit", "verify", str(path)]) == 2
+    assert "tamper check failed" in capsys.readouterr().err
+    monkeypatch.setenv(ledger.KEY_ENV, "a guess")
+    assert cli.main(["audit", "verify", str(path)]) == 2
+    assert "not the key this ledger was created with" in capsys.readouterr().err
+    monkeypatch.delenv(ledger.KEY_ENV)
+    assert cli.main(["audit", "verify", str(path)]) == 2
+    assert f"set {ledger.KEY_ENV}" in capsys.readouterr().err

@@ -5,7 +5,7 @@ explanations still describe what the model does (storage and tamper check: `ledg
     introspect audit add LEDGER MODEL_OR_CHECKPOINT --tag v2 [--note]   behaviour + explanations of one version
     introspect audit show LEDGER [--png F]                              history, figure, flagged versions
     introspect audit diff LEDGER v1 v2 [--csv F]                        per item: did behaviour and explanation move together?
-    introspect audit verify LEDGER                                      the hash chain, row by row
+    introspect audit verify LEDGER [--head N:HASH] [--witness F]       the hash chain, row by row; its head
 
 A version is flagged "stopped tracking" when its behaviour moved away from the frozen labels (agreement below
 validity.MIN_AGREEMENT) and its explanations did not follow (Self − Orig 95% CI reaches 0 or below); "explanations
@@ -60,7 +60,7 @@ def _now() -> str:
 
 def add(path: Path, model: str, *, tag: str, note: str = "", precision: str = "bf16", verify_margin: float = VERIFY_MARGIN,
         seed: int = 0, n_boot: int = 1000, batch_size: int = 16, max_new_tokens: int = 40,
-        device: str = "auto") -> dict[str, Any]:
+        device: str = "auto", witness: Path | None = None) -> dict[str, Any]:
     """Sample the version's behaviour on the frozen pairs, generate its explanations, score, append to the ledger."""
     import pandas as pd
 
@@ -69,8 +69,13 @@ def add(path: Path, model: str, *, tag: str, note: str = "", precision: str = "b
     from .models import load_model
     from .tasks import Pair, get_task
 
+    for flag, value in (("--n-boot", n_boot), ("--batch-size", batch_size), ("--max-new-tokens", max_new_tokens)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
     with ledger.connect(path) as con:
         ledger.verify(con, str(path))
+        if witness is not None and Path(witness).is_file():
+            ledger.check_witness(con, Path(witness), str(path))
         info, rows = ledger.meta(con), ledger.items(con)
     task = get_task(info["task"], **json.loads(info["task_options"]))
     pairs = [Pair(**{**d, "choices": tuple(d["choices"])}) for d in (json.loads(r["pair"]) for r in rows)]
@@ -103,7 +108,10 @@ def add(path: Path, model: str, *, tag: str, note: str = "", precision: str = "b
     row = ledger.append(path, version, verdicts)
     print(f"[audit] added {tag}: Self EM {version['self_em']:.3f}, Orig EM {version['orig_em']:.3f}, Self−Orig "
           f"{d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], agreement {version['agreement']:.2f}, drift "
-          f"{version['drift']:.2f} (row hash {row['row_hash'][:12]})")
+          f"{version['drift']:.2f}; head {row['head']}")
+    if witness is not None:
+        ledger.witness(Path(witness), path, row["head"], tag)
+        print(f"[audit] recorded the head in the witness file {witness}")
     return row
 
 
@@ -204,8 +212,21 @@ def diff(path: Path, a: str, b: str, csv_out: Path | None = None) -> dict[str, i
     return counts
 
 
-def verify(path: Path) -> int:
+def verify(path: Path, head: str | None = None, witness: Path | None = None) -> int:
+    """The hash chain from the genesis hash of meta, then any head recorded elsewhere; prints today's head."""
     with ledger.connect(path) as con:
         n = ledger.verify(con, str(path))
+        if head:
+            ledger.check_head(con, head, str(path))
+        checked = ledger.check_witness(con, witness, str(path)) if witness is not None else 0
+        now, info = ledger.head(con), ledger.meta(con)
     print(f"[audit] {path}: hash chain of {n} version(s) verified; the frozen set is unchanged")
+    if int(info.get("schema", "1")) < 2:
+        print("[audit] note: a schema-1 ledger: its chain does not cover meta (re-create it with `audit init` to "
+              "have it covered)")
+    if head:
+        print(f"[audit] the recorded head {head.split(':')[0]}:{head.split(':')[1][:12]}… is in the chain")
+    if witness is not None:
+        print(f"[audit] all {checked} head(s) in {witness} are in the chain")
+    print(f"[audit] head {now}  (keep it outside the ledger; `audit verify --head` checks it later)")
     return n

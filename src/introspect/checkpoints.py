@@ -28,8 +28,27 @@ STATE = "trainer_state.pt"
 
 
 def complete(ckdir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every complete checkpoint, oldest first."""
-    return sorted((int(p.name.split("_")[1]), p) for p in Path(ckdir).glob("step_*") if (p / "meta.json").is_file())
+    """(step, path) of every complete checkpoint, oldest first: meta.json exists and every file it records has the
+    recorded size (a truncated adapter or trainer state makes the checkpoint incomplete, so it is re-made)."""
+    return sorted((int(p.name.split("_")[1]), p) for p in Path(ckdir).glob("step_*") if intact(p))
+
+
+def intact(path: Path) -> bool:
+    """meta.json present, and the files it lists (`files`: name -> bytes, since 2026-12-02) have those sizes; the
+    optimiser state may be pruned from older checkpoints."""
+    try:
+        recorded = json.loads((path / "meta.json").read_text()).get("files", {})
+    except (OSError, ValueError):
+        return False
+    for name, size in recorded.items():
+        f = path / name
+        if not f.is_file():
+            if name == STATE:
+                continue
+            return False
+        if f.stat().st_size != size:
+            return False
+    return True
 
 
 def last(ckdir: Path) -> Path | None:
@@ -70,10 +89,15 @@ def save(model: Any, opt: Any, sched: Any, ckdir: Path, step: int, info: dict[st
     tmp = Path(ckdir) / f".step_{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "rng": rng_state()},
-               tmp / STATE)
-    (tmp / "meta.json").write_text(json.dumps(info, indent=2))
+    try:
+        model.save_pretrained(tmp)
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "rng": rng_state()},
+                   tmp / STATE)
+        files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / "meta.json").write_text(json.dumps({**info, "files": files}, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # disk full or interrupted: no half-written checkpoint is left
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
     return final
@@ -97,12 +121,23 @@ def load_into(model: Any, opt: Any, sched: Any, path: Path, finetune: str) -> in
     load_weights(model, path, finetune)
     if not (path / STATE).is_file():
         raise UserError(f"{path} has no {STATE} (only the newest checkpoint keeps it): cannot resume from it")
-    state = torch.load(path / STATE, weights_only=False)
+    try:
+        state = torch.load(path / STATE, weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise UserError(f"{path / STATE} is truncated or corrupt ({e}): delete {path} and re-run training") from None
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     if "rng" in state:
         set_rng_state(state["rng"])
     return int(state["step"])
+
+
+def _load(f: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(f)
+    except Exception as e:  # safetensors raises its own SafetensorError on a truncated file
+        raise UserError(f"{f} is truncated or corrupt ({type(e).__name__}: {e}): delete {f.parent} and re-run "
+                        f"training (it resumes from the checkpoint before)") from None
 
 
 def load_weights(model: Any, path: Path, finetune: str) -> None:
@@ -112,9 +147,9 @@ def load_weights(model: Any, path: Path, finetune: str) -> None:
     if finetune == "lora":
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+        set_peft_model_state_dict(model, _load(path / "adapter_model.safetensors"))
     else:
-        missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
+        missing, unexpected = model.load_state_dict(_load(path / "model.safetensors"), strict=False)
         if unexpected or any("lm_head" not in k for k in missing):
             raise UserError(f"{path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
         model.tie_weights()

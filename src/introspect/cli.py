@@ -91,14 +91,28 @@ def cmd_screen(args: argparse.Namespace) -> dict[str, Any]:
     return rep
 
 
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     import json
 
     from . import metrics
     from .score_files import read_gold, read_predictions
 
+    if args.n_boot < 1:
+        raise UserError(f"--n-boot must be >= 1 bootstrap resamples, got {args.n_boot}")
     gold, choices = read_gold(args.gold, args.choices.split(",") if args.choices else None)
     pred = read_predictions(args.pred)
+    if not len(gold) or not len(pred):
+        raise UserError(f"{args.gold if not len(gold) else args.pred}: no rows to score")
     unknown = sorted(set(pred["pair_id"]) - set(gold["pair_id"]))
     if unknown:
         raise UserError(f"{args.pred}: {len(unknown)} pair_id(s) not in {args.gold}, e.g. {unknown[0]!r}")
@@ -110,8 +124,8 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     it = metrics.items(merged["text"].tolist(), merged["changed"], merged["letter"], choices,
                        lenient_letter=args.lenient_content)
     result = metrics.score(it, seed=args.seed, n_boot=args.n_boot)
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if args.json:  # valid JSON always: NaN (an undefined metric) is null
+        print(json.dumps(_nan_to_none(result), indent=2))
     else:
         print(f"[score] {len(pred)} predictions from {args.pred} against {args.gold} (choices {','.join(choices)})")
         print(metrics.format_table(result))
@@ -127,7 +141,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     path = args.config or args.config_path
     if not path:
         raise UserError("introspect train needs a config: --config configs/NAME.yaml (or the path as the first argument)")
-    train(load_config(path, args.set), resume=args.resume)
+    from .locking import locked
+
+    cfg = load_config(path, args.set)
+    with locked(Path(cfg.out_dir)):  # two trainers on one out_dir would write over each other's checkpoints
+        train(cfg, resume=args.resume)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -161,7 +179,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
-    path = write_report(Path(args.run_dir))
+    from .locking import locked
+
+    if not (Path(args.run_dir) / "eval" / "results.json").is_file():
+        write_report(Path(args.run_dir))  # the error that says what to run first, before a lock file is made
+    with locked(Path(args.run_dir)):  # never during a run: its page would mix this config with older results
+        path = write_report(Path(args.run_dir))
     print(f"[report] wrote {path}, {Path(args.run_dir) / 'summary.md'} and {Path(args.run_dir) / 'figures'}/")
 
 
@@ -306,7 +329,34 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"introspect {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nintrospect {args.cmd}: interrupted. Finished stages and saved checkpoints are kept: run the same "
+              f"command again to resume.", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"introspect {args.cmd}: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":  # safetensors' own error: a full disk or a truncated file
+            raise
+        print(f"introspect {args.cmd}: error: a safetensors file could not be written or read ({e}): if the disk is "
+              f"full, free space and run the same command again; a truncated checkpoint is re-made", file=sys.stderr)
+        return 2
     return 0
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a fault of the machine (disk full, read-only folder, a missing path): the file and what to do."""
+    import errno
+
+    where = e.filename or "a file"
+    what = e.strerror or str(e)
+    hint = {errno.ENOSPC: "free disk space, then run the same command again (finished stages are kept)",
+            errno.EDQUOT: "free disk space, then run the same command again (finished stages are kept)",
+            errno.EROFS: "the folder is read-only: choose a writable run directory (config key run_dir / flag --out)",
+            errno.EACCES: "no permission: choose a writable path (config key run_dir / flag --out)",
+            errno.ENOENT: "the path does not exist: check it, or create its folder"}.get(e.errno, "check the path")
+    return f"{where}: {what}: {hint}"
 
 
 if __name__ == "__main__":

@@ -17,13 +17,14 @@ def cmd_audit(args: argparse.Namespace) -> None:
     elif args.action == "add":
         audit.add(Path(args.ledger), args.model, tag=args.tag, note=args.note or "", precision=args.precision,
                   verify_margin=args.verify_margin, seed=args.seed, n_boot=args.n_boot, batch_size=args.batch_size,
-                  max_new_tokens=args.max_new_tokens, device=args.device)
+                  max_new_tokens=args.max_new_tokens, device=args.device,
+                  witness=Path(args.witness) if args.witness else None)
     elif args.action == "show":
         audit.show(Path(args.ledger), Path(args.png) if args.png else None)
     elif args.action == "diff":
         audit.diff(Path(args.ledger), args.a, args.b, Path(args.csv) if args.csv else None)
     else:
-        audit.verify(Path(args.ledger))
+        audit.verify(Path(args.ledger), head=args.head, witness=Path(args.witness) if args.witness else None)
 
 
 def add_audit_parser(sub: Any) -> Any:
@@ -47,6 +48,8 @@ def add_audit_parser(sub: Any) -> Any:
     a.add_argument("--n-boot", type=int, default=1000)
     a.add_argument("--batch-size", type=int, default=16, help="explanations generated per batch")
     a.add_argument("--max-new-tokens", type=int, default=40)
+    a.add_argument("--witness", default=None, help="append the new head to this JSONL file (keep it outside the "
+                   "ledger's reach; `audit verify --witness` checks every head in it)")
     a = act.add_parser("show", help="history of every version, a figure, and flagged versions")
     a.add_argument("ledger")
     a.add_argument("--png", default=None, help="figure path (default: LEDGER with .png)")
@@ -55,7 +58,10 @@ def add_audit_parser(sub: Any) -> Any:
     a.add_argument("a", metavar="V1")
     a.add_argument("b", metavar="V2")
     a.add_argument("--csv", default=None, help="write the per-item comparison here")
-    a = act.add_parser("verify", help="recompute the hash chain; fails on any modified row")
+    a = act.add_parser("verify", help="recompute the hash chain; fails on any modified row; prints the head")
     a.add_argument("ledger")
+    a.add_argument("--head", default=None, metavar="N:HASH", help="a head printed earlier: row N must still hash to it")
+    a.add_argument("--witness", default=None, help="a witness file of heads (`audit add --witness`): each must be in "
+                   "the chain")
     p.set_defaults(fn=cmd_audit)
     return act

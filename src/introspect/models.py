@@ -148,12 +148,21 @@ def _load_dir_or_hub(name: str) -> tuple[PreTrainedModel, Any]:
     is_dir = Path(name).is_dir()
     if not is_dir and ("/" not in name or name.startswith((".", "/"))):
         raise UserError(f"unknown model {name!r}: known models are {', '.join(KNOWN)}, a local model directory, or a hub id")
+    where = "local directory" if is_dir else "hub id (is a model hub reachable from here?)"
     try:
         AutoConfig.from_pretrained(name)
-        return AutoModelForCausalLM.from_pretrained(name), AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name)
     except OSError as e:
-        where = "local directory" if is_dir else "hub id (is a model hub reachable from here?)"
         raise UserError(f"could not load model {name!r} as a {where}: {e}") from None
+    except Exception as e:  # a truncated weights file: safetensors' own SafetensorError, or a torch unpickling error
+        raise UserError(f"could not load the weights of model {name!r} ({type(e).__name__}: {e}): the weights file is "
+                        f"truncated or corrupt; copy the model folder again") from None
+    try:
+        return model, AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"model {name!r} has no usable tokenizer ({type(e).__name__}: {str(e)[:200]}): the "
+                        f"{where} must hold the tokenizer files too (tokenizer.json or tokenizer.model with its "
+                        f"config)") from None
 
 
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}

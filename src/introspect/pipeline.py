@@ -89,6 +89,8 @@ def stage_sample(*, model_name: str, task_name: str, task_options: dict[str, Any
 
 def writable(out: Path) -> None:
     """Fail before any work when `out` cannot be written (not after an hour of sampling)."""
+    if out.is_dir():
+        raise UserError(f"{out} is a directory: name a file to write (flag --out / the config key naming it)")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         # a unique name: the processes of one `accelerate launch` probe the same folder at once
@@ -158,17 +160,18 @@ def run(cfg: RunConfig) -> Path:
     t0 = time.time()
     seed_everything(cfg.seed)
     progress = RunProgress(run_units(cfg))
-    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    root = data_root(cfg.data_root)  # everything checked before the first byte goes into the run directory
+    cfg.train_config()
+    check_sizes(cfg, root)
+    writable(cfg.path("run_config.json"))
     with locked(Path(cfg.run_dir)):
         for p in clean_tmp(Path(cfg.run_dir)):
             print(f"[run] removed {p} (left by a killed write)")
         with atomic_path(cfg.path("run_config.json")) as tmp:
             tmp.write_text(json.dumps(to_dict(cfg), indent=2))
-        root = data_root(cfg.data_root)
         common = dict(task_name=cfg.task, task_options=cfg.task_options, root=root, split=cfg.train_split,
                       n=cfg.train_n, seed=cfg.seed, precision=cfg.precision, verify_margin=cfg.verify_margin,
                       select=cfg.selection, pool=cfg.selection.pool, device=cfg.device)
-        check_sizes(cfg, root)
         progress.start("sample")
         source = stage_sample(model_name=cfg.model, out=cfg.path("train", "behavior.parquet"), **common)
         progress.done("sample", prompts=2 * max(cfg.train_n, cfg.selection.pool) if written_since(source, t0) else 0)

@@ -62,9 +62,11 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
             hi = [r[key][m]["ci"][1] for r in rows]
             ax.plot(steps, vals, "o-", color=color, label=label)
             ax.fill_between(steps, lo, hi, color=color, alpha=0.2)
-        for (name, b), ls in zip(((k, v) for k, v in res.get("baselines", {}).items()
-                                  if k in ("majority", "nearest", "few_shot")), (":", "-.", (0, (1, 3)))):
-            ax.axhline(b["orig"][m]["value"], ls=ls, lw=1, color="gray", label=f"baseline {name}, scored vs E(M0)")
+        styles = {"majority": (":", "gray"), "nearest": ("-.", "tab:purple"), "few_shot": ("--", "tab:green")}
+        for name, b in res.get("baselines", {}).items():
+            if name in styles:
+                ax.axhline(b["orig"][m]["value"], ls=styles[name][0], lw=1, color=styles[name][1],
+                           label=f"baseline {name}, scored vs E(M0)")
         majority = res.get("baselines", {}).get("majority")
         span = max(steps[-1] - steps[0], 1)
         if majority:  # the same constant answer scored against the last checkpoint's own labels; set to the right

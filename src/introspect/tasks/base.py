@@ -47,25 +47,35 @@ def read_records(path: Path, columns: dict[str, str], option: str, may_be_empty:
     Columns in `may_be_empty` may hold an empty value (read as ''): the task drops and counts such rows."""
     import csv
     import json
+    import sys
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist (task option {option})")
+    csv.field_size_limit(sys.maxsize)  # a long request is the task's max_chars rule to apply, not a csv error
     out = []
     try:
         if path.suffix.lower() == ".jsonl":
-            with open(path, encoding="utf-8") as f:
-                raw = [(i, json.loads(line)) for i, line in enumerate(f, 1) if line.strip()]
+            raw = []
+            with open(path, encoding="utf-8-sig") as f:  # -sig: a UTF-8 byte-order mark is not part of the first key
+                for i, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        raw.append((i, json.loads(line)))
+                    except json.JSONDecodeError as e:
+                        raise UserError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
         elif path.suffix.lower() == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 raw = [(reader.line_num, rec) for rec in reader]
         else:
             raise UserError(f"{path}: user data must be .csv or .jsonl (task option {option})")
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except csv.Error as e:
+        raise UserError(f"{path}: not readable as CSV ({e}); check its quoting") from None
+    first_line: dict[str, int] = {}
     for line, rec in raw:
         if not isinstance(rec, dict):
             raise UserError(f"{path}:{line}: expected an object with fields {', '.join(columns.values())}")
@@ -78,6 +88,11 @@ def read_records(path: Path, columns: dict[str, str], option: str, may_be_empty:
                 raise UserError(f"{path}:{line}: missing value for column {theirs!r} (task option {option}_columns "
                                 f"maps {ours} to a column of your file)")
             row[ours] = str(value).strip()
+        if "id" in row:
+            if row["id"] in first_line:
+                raise UserError(f"{path}:{line}: id {row['id']!r} is used again (first on line {first_line[row['id']]}): "
+                                f"ids must be unique (column {columns['id']!r}; task option {option}_columns maps id)")
+            first_line[row["id"]] = line
         out.append(row)
     if not out:
         raise UserError(f"{path}: no rows (task option {option})")

@@ -106,8 +106,17 @@ def wrap(model: Any, cfg: TrainConfig) -> Any:
     targets = cfg.lora.target_modules
     lc = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                     target_modules=targets if isinstance(targets, str) else list(targets), task_type="CAUSAL_LM")
+    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    wanted = [targets] if isinstance(targets, str) else list(targets)
+    if not isinstance(targets, str) and not set(wanted) & set(linear):
+        raise UserError(f"config key train.lora.target_modules {wanted} matches no module of {cfg.model}; its Linear "
+                        f"modules are {', '.join(linear)}")
     with peft_deprecation_silenced():
-        return get_peft_model(model, lc)
+        try:
+            return get_peft_model(model, lc)
+        except ValueError as e:  # a regex target (a string) that matches nothing
+            raise UserError(f"config key train.lora.target_modules {targets!r}: {e} (Linear modules: "
+                            f"{', '.join(linear)})") from None
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
