@@ -59,11 +59,11 @@ def main() -> None:
 def reader_table(logit: np.ndarray, gen: np.ndarray, harmful: np.ndarray) -> dict[str, dict[str, float]]:
     table = {}
     for name, sel in (("all", slice(None)), ("harmful", harmful), ("benign", ~harmful)):
-        l, g = logit[sel], gen[sel]
-        table[name] = {"n": int(len(l)), "agreement": round(float((l == g).mean()), 3),
-                       "refuse_rate_logit": round(float(l.mean()), 3), "refuse_rate_generate": round(float(g.mean()), 3),
-                       "both_refuse": int((l & g).sum()), "only_logit": int((l & ~g).sum()),
-                       "only_generate": int((~l & g).sum()), "both_comply": int((~l & ~g).sum())}
+        lo, g = logit[sel], gen[sel]
+        table[name] = {"n": int(len(lo)), "agreement": round(float((lo == g).mean()), 3),
+                       "refuse_rate_logit": round(float(lo.mean()), 3), "refuse_rate_generate": round(float(g.mean()), 3),
+                       "both_refuse": int((lo & g).sum()), "only_logit": int((lo & ~g).sum()),
+                       "only_generate": int((~lo & g).sum()), "both_comply": int((~lo & ~g).sum())}
         table[name]["kappa"] = kappa(table[name])
     return table
 

@@ -42,7 +42,7 @@ def test_self_and_orig_on_hand_built_drift() -> None:
     other, _ = evaluate.compare(texts, now, m0, "ABCD", seed=1, n_boot=500)
     assert other["self_minus_orig"]["exact_match"]["ci"] != res["self_minus_orig"]["exact_match"]["ci"]
     # copying the fixed labels instead would score Orig 1 and Self 16/20
-    copy, _ = evaluate.compare([target_text(c, l) for c, l in zip(m0["changed"], m0["answer_without"])], now, m0, "ABCD", seed=0, n_boot=100)
+    copy, _ = evaluate.compare([target_text(c, ltr) for c, ltr in zip(m0["changed"], m0["answer_without"])], now, m0, "ABCD", seed=0, n_boot=100)
     assert copy["orig"]["exact_match"]["value"] == 1.0 and copy["self"]["exact_match"]["value"] == pytest.approx(16 / n)
     assert res["strata"]["self_changed"]["n"] + res["strata"]["self_unchanged"]["n"] == n
     # cross-family: Orig = the label model's labels; drift is still measured against M0
@@ -166,3 +166,9 @@ def test_report_in_a_real_browser(tiny_run: Path, tmp_path: Path) -> None:
                       .replace("<p class='note'>Full definitions", "</dl></section><section><h2>Empty</h2></section><p>", 1))
     problems = check_report.check(broken)["problems"]
     assert any(p.startswith("broken image") for p in problems) and "empty section: Empty" in problems
+    legendless = tmp_path / "legendless.html"
+    legendless.write_text(html.replace('data-legend="1"', 'data-legend="0"', 1)
+                          .replace('data-overlaps=""', 'data-overlaps="&#x27;a&#x27; / &#x27;b&#x27;"', 1))
+    problems = check_report.check(legendless)["problems"]
+    assert any(p.startswith("figure without a legend") for p in problems)
+    assert any(p.startswith("overlapping labels in") for p in problems)

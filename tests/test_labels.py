@@ -73,7 +73,7 @@ def test_noise_rate_exact_and_seeded(rate: float) -> None:
     assert (noisy["letter"].to_numpy()[flipped] != lab["letter"].to_numpy()[flipped]).all()
     assert (noisy["letter"].to_numpy()[~flipped] == lab["letter"].to_numpy()[~flipped]).all()
     assert (noisy["changed"] == (noisy["letter"] != noisy["answer_with"])).all()  # still self-consistent
-    assert all(parse_explanation(t, CH) == Parsed(c, l) for t, c, l in zip(noisy["target"], noisy["changed"], noisy["letter"]))
+    assert all(parse_explanation(t, CH) == Parsed(c, ltr) for t, c, ltr in zip(noisy["target"], noisy["changed"], noisy["letter"]))
     assert add_noise(lab, rate, seed=7, choices=CH).equals(noisy)
 
 

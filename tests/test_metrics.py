@@ -35,7 +35,7 @@ def test_bootstrap_ci_deterministic_and_brackets_point() -> None:
     rng = np.random.default_rng(0)
     gold_c = rng.random(80) < 0.4
     gold_l = rng.choice(CH, 80)
-    texts = [target_text(bool(c) ^ (rng.random() < 0.3), l) for c, l in zip(gold_c, gold_l)]
+    texts = [target_text(bool(c) ^ (rng.random() < 0.3), ltr) for c, ltr in zip(gold_c, gold_l)]
     it = metrics.items(texts, gold_c, gold_l, CH)
     a = metrics.score(it, seed=1, n_boot=300)
     b = metrics.score(it, seed=1, n_boot=300)

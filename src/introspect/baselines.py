@@ -33,7 +33,7 @@ def majority(train_labels: pd.DataFrame, n: int, tag: str) -> list[str]:
 
 
 def copy_orig(e_m0: pd.DataFrame, tag: str) -> list[str]:
-    return [target_text(bool(c), l, tag) for c, l in zip(e_m0["changed"], e_m0["letter"])]
+    return [target_text(bool(c), ltr, tag) for c, ltr in zip(e_m0["changed"], e_m0["letter"])]
 
 
 def nearest(train_beh: pd.DataFrame, train_labels: pd.DataFrame, pairs: Sequence[Pair], tag: str) -> list[str]:

@@ -30,6 +30,9 @@ def checkpoints_to_eval(cfg: RunConfig) -> list[tuple[int, Path | None]]:
     wanted = cfg.evaluate.checkpoints
     chosen: list[tuple[int, Path | None]] = [(0, None)]
     chosen += [(s, p) for s, p in complete(ckdir) if wanted is None or s in wanted]
+    for p in sorted(ckdir.glob("step_*")):
+        if (p / "meta.json").is_file() and p not in {q for _, q in chosen}:
+            print(f"[evaluate] skipping {p}: a file it records is missing or truncated (re-run training to re-make it)")
     if wanted:
         missing = sorted(set(wanted) - {s for s, _ in chosen})
         if missing:
