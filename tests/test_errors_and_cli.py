@@ -109,3 +109,14 @@ def test_help_and_models_load_neither_torch_nor_transformers() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_package_version_and_python_m() -> None:
+    import subprocess
+    import sys
+
+    import introspect
+
+    assert introspect.__version__ and introspect.get_task("aita").name == "aita"
+    out = subprocess.run([sys.executable, "-m", "introspect", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"introspect {introspect.__version__}"

@@ -230,3 +230,45 @@ def test_a_task_option_of_the_wrong_type_is_named() -> None:
     assert get_task("aita", min_chars=20).min_chars == 20
     with pytest.raises(UserError, match="takes a int"):
         get_task("refusal", max_chars=True)
+
+
+def test_sigint_during_a_run_is_one_line_and_the_run_resumes(finished, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg, _ = finished
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "introspect.cli", "run", str(cfg), "--set", f"run_dir={run_dir}",
+           "train.steps=100000", "train.checkpoint_every=5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run_dir / "train" / "checkpoints" / "step_000005").is_dir():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("introspect")]
+    assert lines == ["introspect run: interrupted. Finished stages and saved checkpoints are kept: run the same "
+                     "command again to resume."]
+    assert checkpoints.complete(run_dir / "train" / "checkpoints")  # what was saved is still there, complete
+
+
+def test_a_run_rejected_for_its_lora_targets_writes_nothing(finished, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = finished
+    assert cli.main(["run", str(cfg), "--set", f"run_dir={tmp_path / 'new'}", "train.lora.target_modules=[foo]"]) == 2
+    assert "matches no module of tiny-random" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_truncated_last_checkpoint_retrains_from_scratch(finished, tmp_path: Path) -> None:
+    cfg, src = finished
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    ck = run_dir / "train" / "checkpoints" / "step_000002"
+    good = checkpoints.weights_hash(ck, "")
+    (ck / "adapter_model.safetensors").write_bytes(b"\0" * 10)
+    assert cli.main(["run", str(cfg), "--set", f"run_dir={run_dir}"]) == 0
+    assert checkpoints.weights_hash(ck, "") == good  # re-made, same seed, same numbers

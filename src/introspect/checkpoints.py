@@ -162,6 +162,9 @@ def applied(base: Any, path: Path | None, finetune: str) -> Iterator[Any]:
     if path is None:
         yield base.model
         return
+    if not intact(Path(path)):
+        raise UserError(f"{path} is not a complete checkpoint: meta.json is missing or a file it records is missing "
+                        f"or truncated; re-run training to re-make it")
     if finetune == "lora":
         from peft import PeftModel
 

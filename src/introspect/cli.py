@@ -229,13 +229,9 @@ def add_set_flag(p: argparse.ArgumentParser) -> None:
 
 
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
+    from . import __version__
 
-    try:
-        return installed("introspect")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown (not installed)"
+    return __version__
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -142,6 +142,25 @@ def tiny_random(seed: int = 0, layers: int = 2, hidden: int = 64) -> tuple[PreTr
     return AutoModelForCausalLM.from_config(cfg), tok
 
 
+def linear_module_names(name: str) -> list[str]:
+    """The leaf names of a model's Linear modules (q_proj, ...), read from its config with no weights loaded;
+    empty when the config cannot be read here (the trainer then checks the loaded model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+    try:
+        if name == TINY:
+            cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                              num_attention_heads=4, num_key_value_heads=2)
+        else:
+            cfg = AutoConfig.from_pretrained(bundled_path(name) if name in BUNDLED else name)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except (OSError, ValueError, UserError):
+        return []
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
 def _load_dir_or_hub(name: str) -> tuple[PreTrainedModel, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from . import behavior, devices, labels, provenance, selection
-from .checkpoints import clean_tmp, complete, meta as checkpoint_meta
+from .checkpoints import STATE, clean_tmp, complete, meta as checkpoint_meta
 from .config import UserError, atomic_path, data_root, seed_everything
 from .locking import locked
-from .models import fingerprint, load_model
+from .models import fingerprint, linear_module_names, load_model
 from .run_config import RunConfig
 from .tables import read_table, table_meta, task_of, write_table
 from .tasks import get_task
@@ -144,6 +145,12 @@ def stage_train(cfg: RunConfig) -> None:
     if done and done[-1][0] == tc.steps:
         print(f"[train] {done[-1][1]} is the last step and current: skip")
         return
+    if done and not (done[-1][1] / STATE).is_file():  # its newer successor was truncated; older ones keep no state
+        print(f"[train] {done[-1][1]} keeps no optimiser state (only the newest checkpoint does, and a newer one is "
+              f"missing or truncated): training from scratch (same seed, same numbers)")
+        for _, path in done:
+            shutil.rmtree(path)
+        done = []
     if not done:
         print("[train] training from scratch")
     train(tc, resume=bool(done))
@@ -160,8 +167,9 @@ def run(cfg: RunConfig) -> Path:
     seed_everything(cfg.seed)
     progress = RunProgress(run_units(cfg))
     root = data_root(cfg.data_root)  # everything checked before the first byte goes into the run directory
-    cfg.train_config()
+    tc = cfg.train_config()
     check_sizes(cfg, root)
+    check_lora_targets(tc)
     writable(cfg.path("run_config.json"))
     with locked(Path(cfg.run_dir)):
         for p in clean_tmp(Path(cfg.run_dir)):
@@ -216,6 +224,20 @@ def peak_rss_gb() -> float:
 def written_since(path: Path, t0: float) -> bool:
     """Whether a stage wrote `path` after `t0` (it ran) rather than finding it current."""
     return path.is_file() and path.stat().st_mtime >= t0
+
+
+def check_lora_targets(tc: Any) -> None:
+    """A LoRA target list that matches no Linear module of the model is an error before any sampling (the model's
+    layout is read from its config on the meta device: no weights are loaded)."""
+    from .train.config import LoraSpec
+
+    targets = tc.lora.target_modules
+    if tc.finetune != "lora" or isinstance(targets, str) or list(targets) == LoraSpec().target_modules:
+        return
+    linear = linear_module_names(tc.model)
+    if linear and not set(targets) & set(linear):
+        raise UserError(f"config key train.lora.target_modules {list(targets)} matches no module of {tc.model}; its "
+                        f"Linear modules are {', '.join(linear)}")
 
 
 def check_sizes(cfg: RunConfig, root: Path) -> None:
