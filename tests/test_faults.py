@@ -272,3 +272,19 @@ def test_a_truncated_last_checkpoint_retrains_from_scratch(finished, tmp_path: P
     (ck / "adapter_model.safetensors").write_bytes(b"\0" * 10)
     assert cli.main(["run", str(cfg), "--set", f"run_dir={run_dir}"]) == 0
     assert checkpoints.weights_hash(ck, "") == good  # re-made, same seed, same numbers
+
+
+def test_a_same_size_corrupted_adapter_is_refused_when_loaded(tables, tmp_path: Path) -> None:
+    cfg = _config(tables, tmp_path / "out", tmp_path / "c.yaml")
+    assert cli.main(["train", str(cfg)]) == 0
+    ck = tmp_path / "out" / "checkpoints" / "step_000004"
+    adapter = ck / "adapter_model.safetensors"
+    raw = bytearray(adapter.read_bytes())
+    raw[-1] ^= 0xFF  # one flipped byte: same size, different content
+    adapter.write_bytes(bytes(raw))
+    assert checkpoints.intact(ck) and not checkpoints.intact(ck, deep=True)
+    from introspect.models import load_model
+
+    with pytest.raises(UserError, match="changed"):
+        with checkpoints.applied(load_model("tiny-random"), ck, "lora"):
+            pass

@@ -33,12 +33,17 @@ def complete(ckdir: Path) -> list[tuple[int, Path]]:
     return sorted((int(p.name.split("_")[1]), p) for p in Path(ckdir).glob("step_*") if intact(p))
 
 
-def intact(path: Path) -> bool:
+def intact(path: Path, deep: bool = False) -> bool:
     """meta.json present, and the files it lists (`files`: name -> bytes, since 2026-12-02) have those sizes; the
-    optimiser state may be pruned from older checkpoints."""
+    optimiser state may be pruned from older checkpoints. `deep` also checks the weights files' content hashes
+    (`file_hashes`), as loading a checkpoint does."""
     try:
-        recorded = json.loads((path / "meta.json").read_text()).get("files", {})
+        info = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError):
+        return False
+    recorded = info.get("files", {})
+    if deep and any(_file_hash(path / name) != h for name, h in info.get("file_hashes", {}).items()
+                    if (path / name).is_file()):
         return False
     for name, size in recorded.items():
         f = path / name
@@ -73,6 +78,14 @@ def weights_hash(path: Path | None, base_hash: str) -> str:
     return h.hexdigest()
 
 
+def _file_hash(f: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(f, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def rng_state() -> dict[str, Any]:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
@@ -94,7 +107,8 @@ def save(model: Any, opt: Any, sched: Any, ckdir: Path, step: int, info: dict[st
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "rng": rng_state()},
                    tmp / STATE)
         files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
-        (tmp / "meta.json").write_text(json.dumps({**info, "files": files}, indent=2))
+        hashes = {f.name: _file_hash(f) for f in sorted(tmp.glob("*.safetensors"))}
+        (tmp / "meta.json").write_text(json.dumps({**info, "files": files, "file_hashes": hashes}, indent=2))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # disk full or interrupted: no half-written checkpoint is left
         raise
@@ -144,6 +158,9 @@ def load_weights(model: Any, path: Path, finetune: str) -> None:
     """A checkpoint's trainable weights (LoRA adapter or full weights) into `model` (wrapped the same way)."""
     if not (Path(path) / "meta.json").is_file():
         raise UserError(f"{path} is not a complete checkpoint (no meta.json): name a RUN/train/checkpoints/step_N folder")
+    if not intact(Path(path), deep=True):
+        raise UserError(f"{path}: a weights file is missing, truncated or changed since it was saved (content hash): "
+                        f"delete the checkpoint and re-run training")
     if finetune == "lora":
         from peft import set_peft_model_state_dict
 
@@ -162,9 +179,9 @@ def applied(base: Any, path: Path | None, finetune: str) -> Iterator[Any]:
     if path is None:
         yield base.model
         return
-    if not intact(Path(path)):
-        raise UserError(f"{path} is not a complete checkpoint: meta.json is missing or a file it records is missing "
-                        f"or truncated; re-run training to re-make it")
+    if not intact(Path(path), deep=True):
+        raise UserError(f"{path} is not a complete checkpoint: meta.json is missing, or a file it records is missing, "
+                        f"truncated or changed (content hash); re-run training to re-make it")
     if finetune == "lora":
         from peft import PeftModel
 
