@@ -242,12 +242,17 @@ def test_sigint_during_a_run_is_one_line_and_the_run_resumes(finished, tmp_path:
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "introspect.cli", "run", str(cfg), "--set", f"run_dir={run_dir}",
            "train.steps=100000", "train.checkpoint_every=5"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a job started in the background of a non-interactive shell (as CI may start us) inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: give the child the default disposition, as a terminal would
+    log = open(tmp_path / "stdout.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and not (run_dir / "train" / "checkpoints" / "step_000005").is_dir():
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
+    log.close()
     assert proc.returncode == 130 and "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("introspect")]
     assert lines == ["introspect run: interrupted. Finished stages and saved checkpoints are kept: run the same "
