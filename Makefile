@@ -38,7 +38,7 @@ test: $(STAMP)
 
 test-quick: $(STAMP)
 	$(BIN)/ruff check src tests scripts benchmarks
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest -m "not integration and not slow"
 
 # The pre-registered reg vs no-reg experiment (docs/claims.md): lambda selection, then every arm, then the table.
 claim-hint: $(STAMP)

@@ -44,6 +44,7 @@ def _add(path: Path, model: str, tag: str) -> None:
                      "--max-new-tokens", "8"]) == 0
 
 
+@pytest.mark.slow
 def test_init_add_show_diff_round_trip(frozen, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "ledger.sqlite"
     assert cli.main(["audit", "init", str(path), "--pairs", str(frozen["pairs"]), "--labels", str(frozen["labels"])]) == 0
@@ -79,6 +80,7 @@ def test_init_add_show_diff_round_trip(frozen, tmp_path: Path, capsys: pytest.Ca
         audit.add(path, "tiny-random", tag="v2", precision="fp32", n_boot=10, max_new_tokens=4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit", [
     "UPDATE versions SET self_em = 0.99 WHERE tag = 'm0'",
     "UPDATE verdicts SET self_ok = 1 - self_ok WHERE idx = 3",
@@ -101,6 +103,7 @@ def test_tampering_is_detected(frozen, tmp_path: Path, edit: str, capsys: pytest
     assert "tamper check failed" in err or "modified after `audit init`" in err
 
 
+@pytest.mark.slow
 def test_two_concurrent_adds_both_land(frozen, tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     audit.init(path, frozen["pairs"], frozen["labels"])
@@ -161,6 +164,7 @@ NEWEST = ("DELETE FROM verdicts WHERE version_id=(SELECT max(id) FROM versions)"
           "DELETE FROM versions WHERE id=(SELECT max(id) FROM versions)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack, caught_by_chain_alone", [
     (NEWEST, False),
     (("DELETE FROM verdicts", "DELETE FROM versions"), False),

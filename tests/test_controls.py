@@ -100,6 +100,7 @@ def test_over_seeds_t_interval() -> None:
     assert r["ci"] == pytest.approx([-0.0501, 0.0876], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_controls_command_reproduces_experiment_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
@@ -171,6 +172,7 @@ def reading_explainer(model, tok, task, pairs) -> list[str]:
     return labels.make_labels(beh, task)["target"].tolist()
 
 
+@pytest.mark.slow
 def test_intervention_runs_from_the_checkpoint_and_scores_explainers(tiny_run: Path) -> None:
     """The pipeline on the tiny model: behaviour-only training starts from the checkpoint's weights (lr ~0: nothing
     moves), the treated half is the trainer's split, and a fixed explainer's explanations never move. The tiny random
@@ -198,6 +200,7 @@ def test_intervention_runs_from_the_checkpoint_and_scores_explainers(tiny_run: P
     assert "explanation moved toward the new behaviour" in intervention.format_result(r)
 
 
+@pytest.mark.slow
 def test_intervene_command_reuses_the_evaluated_explanations(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["intervene", str(tiny_run), "--steps", "2", "--lr", "1e-12", "--treatment", "gold",
                      "--n-boot", "50", "--seed", "2"]) == 0

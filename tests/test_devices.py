@@ -40,6 +40,7 @@ def test_no_hard_coded_cpu_in_the_package() -> None:
     assert bad == []
 
 
+@pytest.mark.slow
 def test_sharded_sampling_equals_single_process(data_dir: Path, tmp_path: Path) -> None:
     args = ["sample", "--model", "tiny-random", "--split", "val", "--n", "8", "--precision", "fp32", "--device", "cpu",
             "--data-root", str(data_dir), "--batch-size", "2"]
@@ -61,6 +62,7 @@ def test_sharded_sampling_equals_single_process(data_dir: Path, tmp_path: Path) 
     np.testing.assert_allclose(np.array(a["probs_without"].tolist()), np.array(b["probs_without"].tolist()), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_equals_single_process(tmp_path: Path) -> None:
     """`accelerate launch ... evaluate RUN` over two CPU processes scores the same explanations as one process."""
     import json

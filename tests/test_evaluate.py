@@ -139,6 +139,7 @@ def test_run_config_errors(tmp_path: Path) -> None:
         run_config.load_run_config(bad)
 
 
+@pytest.mark.slow
 def test_report_in_a_real_browser(tiny_run: Path, tmp_path: Path) -> None:
     """Chromium (Debian's package, via Selenium) opens the report: no broken image, no empty section, the verdict box
     on the first screen; and it does flag a broken image. Skipped where Chromium is not installed."""

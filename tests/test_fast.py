@@ -70,6 +70,7 @@ def test_cached_bf16_weights_give_identical_losses_and_gradients(tiny: Loaded, s
     assert not any("weight_bf16" in k for k in cached.state_dict())  # checkpoints are unchanged
 
 
+@pytest.mark.slow
 def test_compiled_layers_match_eager_in_fp32_and_leave_no_grad_calls_eager(tiny: Loaded, setup: dict) -> None:
     eager, compiled = _lora(tiny), _lora(tiny)
     assert fast.compile_layers(compiled) == len(fast.decoder_layers(eager))
@@ -82,6 +83,7 @@ def test_compiled_layers_match_eager_in_fp32_and_leave_no_grad_calls_eager(tiny:
         assert torch.equal(eager(input_ids=ids).logits, compiled(input_ids=ids).logits)
 
 
+@pytest.mark.slow
 def test_trainer_with_both_speedups_matches_the_plain_run(setup: dict) -> None:
     """bf16, 3 steps with a probe: cache_bf16_weights alone gives the plain run's metrics exactly; with compile too,
     the losses agree to bf16 rounding (kernels fuse differently)."""

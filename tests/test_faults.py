@@ -85,6 +85,7 @@ def test_a_key_written_twice_is_an_error(tmp_path: Path, capsys: pytest.CaptureF
     assert "c.yaml:5: config key 'lr' is written twice (first on line 3)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_is_one_line_and_resumes_bit_identically(tables, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
@@ -232,6 +233,7 @@ def test_a_task_option_of_the_wrong_type_is_named() -> None:
         get_task("refusal", max_chars=True)
 
 
+@pytest.mark.slow
 def test_sigint_during_a_run_is_one_line_and_the_run_resumes(finished, tmp_path: Path) -> None:
     import signal
     import subprocess
@@ -268,6 +270,7 @@ def test_a_run_rejected_for_its_lora_targets_writes_nothing(finished, tmp_path: 
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_a_truncated_last_checkpoint_retrains_from_scratch(finished, tmp_path: Path) -> None:
     cfg, src = finished
     run_dir = tmp_path / "run"
@@ -279,6 +282,7 @@ def test_a_truncated_last_checkpoint_retrains_from_scratch(finished, tmp_path: P
     assert checkpoints.weights_hash(ck, "") == good  # re-made, same seed, same numbers
 
 
+@pytest.mark.slow
 def test_a_same_size_corrupted_adapter_is_refused_when_loaded(tables, tmp_path: Path) -> None:
     cfg = _config(tables, tmp_path / "out", tmp_path / "c.yaml")
     assert cli.main(["train", str(cfg)]) == 0

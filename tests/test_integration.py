@@ -24,6 +24,7 @@ def root():
         pytest.skip(str(e))
 
 
+@pytest.mark.slow
 def test_real_model_sampling_bf16_matches_fp32(smol, root) -> None:
     task = get_task("hint-mmlu")
     pairs = task.pairs(root, "val", 12, seed=3)

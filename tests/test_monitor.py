@@ -76,6 +76,7 @@ def test_decide_rules() -> None:
     assert M.decide(ad, high, [1.0, 0.9, 0.5], 1.0, 0).action == "ok"
 
 
+@pytest.mark.slow
 def test_warn_fires_on_real_drift_and_not_without(tables, tmp_path: Path) -> None:
     T.train(_cfg(tables, tmp_path / "drift", "warn", lr=5e-2, min_agreement=0.99))
     T.train(_cfg(tables, tmp_path / "still", "warn", lr=1e-7, min_agreement=0.99))
@@ -89,6 +90,7 @@ def test_warn_fires_on_real_drift_and_not_without(tables, tmp_path: Path) -> Non
     assert _steps(tmp_path / "drift") == [2, 4, 6, 8]  # warn only records
 
 
+@pytest.mark.slow
 def test_stop_keeps_the_last_checkpoint_that_met_the_condition(tables, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     _scripted(monkeypatch, [0.9, 0.8, 0.4])
@@ -136,6 +138,7 @@ def test_monitor_pairs_must_be_held_out(tables, tmp_path: Path) -> None:
         T.train(cfg)
 
 
+@pytest.mark.slow
 def test_run_samples_monitor_pairs_and_reports_decisions(tmp_path: Path) -> None:
     import yaml
 

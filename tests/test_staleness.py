@@ -57,6 +57,7 @@ def _rerun(base_run: tuple[Path, Path], tmp_path: Path, *overrides: str) -> set[
     return {k for k, v in OUTPUTS.items() if (copy / v).stat().st_mtime_ns != before[k]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, expected", [
     ((), set()),
     (("label_noise=0.5",), {"label"} | TRAINED),
@@ -74,6 +75,7 @@ def test_each_input_reruns_exactly_what_it_feeds(base_run, tmp_path: Path, overr
     assert _rerun(base_run, tmp_path, *overrides) == expected
 
 
+@pytest.mark.slow
 def test_changed_verify_margin_alone_reruns_bf16_sampling(base_run, tmp_path: Path) -> None:
     cfg_path, _ = base_run
     first = _rerun(base_run, tmp_path, "precision=bf16")
@@ -158,6 +160,7 @@ def test_results_carry_the_validity_verdict(base_run) -> None:
     assert "Not a valid test of coupling" in (src / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_run_prints_stage_lines(base_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _rerun(base_run, tmp_path, "train_n=7")
     out = capsys.readouterr().out

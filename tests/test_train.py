@@ -89,6 +89,7 @@ def test_packed_tree_equals_separate_forwards(tiny: Loaded, tables) -> None:
         torch.testing.assert_close(packed[k], plain[k], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_five_steps_lower_explanation_loss(tables, tmp_path: Path) -> None:
     cfg = _cfg(tables, tmp_path, steps=5, explanation_per_step=8, behavior_per_step=0, probe_every=0,
                finetune="full", lr=1e-2, weights=LossWeights(explanation=1.0, behavior_kl=0.0))
@@ -164,6 +165,7 @@ def uninterrupted(tables, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_matches_uninterrupted(tables, uninterrupted: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     cfg = _cfg(tables, out)
@@ -188,6 +190,7 @@ def test_sigkill_and_resume_matches_uninterrupted(tables, uninterrupted: Path, t
     assert "agreement" in ref[2] and 0 <= ref[2]["agreement"] <= 1  # the probe ran at step 3
 
 
+@pytest.mark.slow
 def test_two_process_accelerate_matches_one_process(tables, uninterrupted: Path, tmp_path: Path) -> None:
     if not (VENV_BIN / "accelerate").exists():
         pytest.skip("accelerate CLI not installed next to this python")
@@ -204,6 +207,7 @@ def test_two_process_accelerate_matches_one_process(tables, uninterrupted: Path,
         assert abs(a["behavior_kl"] - b["behavior_kl"]) < 0.05 * abs(b["behavior_kl"]) + 1e-3
 
 
+@pytest.mark.slow
 def test_dropout_kill_and_resume_is_bit_identical(tables, tmp_path: Path) -> None:
     """LoRA dropout consumes the RNG: the RNG states in the checkpoint make a resumed run bit-identical."""
     from introspect.train import LoraSpec
@@ -220,6 +224,7 @@ def test_dropout_kill_and_resume_is_bit_identical(tables, tmp_path: Path) -> Non
     assert [r["explanation"] for r in _metrics(killed)] == [r["explanation"] for r in _metrics(full)]
 
 
+@pytest.mark.slow
 def test_resume_checks_inputs_and_says_when_nothing_to_resume(tables, uninterrupted: Path, tmp_path: Path) -> None:
     changed = _run_cli(_cfg(tables, uninterrupted, lr=1e-2), "--resume")
     assert changed.returncode == 2 and "cannot resume" in changed.stderr and "config keys lr" in changed.stderr
