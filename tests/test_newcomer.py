@@ -159,3 +159,15 @@ def test_switching_a_setting_back_takes_its_outputs_back(small_run: Path, tmp_pa
     assert "took back the checkpoints of this setting" in out and out.count("took back this checkpoint's results") == 1
     again = json.loads((copy / "eval" / "results.json").read_text())
     assert again["checkpoints"]["2"]["self"] == first["checkpoints"]["2"]["self"]
+
+
+def test_no_collapse_warning_for_an_untrained_m0() -> None:
+    from introspect.report import collapse_warnings
+
+    def row(step: int, rate: float) -> dict:
+        return {"step": step, "self": {"pred_changed_rate": {"value": rate}}, "label_changed_rate": 0.5}
+
+    warnings = collapse_warnings({"checkpoints": {"0": row(0, float("nan")), "16": row(16, float("nan")),
+                                                  "32": row(32, 1.0)}})
+    assert len(warnings) == 2 and "nan" not in " ".join(warnings)
+    assert warnings[0].startswith("no explanation parses at step 16") and "step 32" in warnings[1]

@@ -142,6 +142,10 @@ def collapse_warnings(res: dict[str, Any]) -> list[str]:
     out = []
     for r in sorted(res["checkpoints"].values(), key=lambda r: r["step"]):
         rate = r["self"]["pred_changed_rate"]["value"]
+        if rate != rate:  # NaN: no explanation parses
+            if r["step"] != 0:  # M0 before training never writes the format: expected, not a warning
+                out.append(f"no explanation parses at step {r['step']}: no predicted verdicts (counted as collapse)")
+            continue
         if collapsed(r):
             out.append(f"class collapse at step {r['step']}: the model predicts 'changed' for {rate:.0%} of parseable "
                        f"items, more than {COLLAPSE_TOLERANCE:.0%} from the labels' {r['label_changed_rate']:.0%}; its "
