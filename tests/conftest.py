@@ -77,3 +77,38 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny() -> Loaded:
     return load_model("tiny-random", seed=0)
+
+
+def write_tiny_run_config(root: Path, *, train: dict | None = None, evaluate: dict | None = None) -> Path:
+    """A run config for the tiny model on a small MMLU data root written under `root` (val for training, 6 test
+    pairs for evaluation): 2 training steps; `train` / `evaluate` override those sections' keys."""
+    import yaml
+
+    data = write_mmlu(root / "data")
+    write_mmlu(data, "test", {"misc": [[f"Test question {i}?", "a", "b", "c", "d", "ABCD"[i % 4]] for i in range(6)]})
+    cfg = {"run_dir": str(root / "run"), "model": "tiny-random", "data_root": str(data), "train_split": "val",
+           "train_n": 8, "precision": "fp32",
+           "train": {"steps": 2, "checkpoint_every": 2, "probe_every": 0, "explanation_per_step": 4,
+                     "behavior_per_step": 4, "lr": 1e-3, **(train or {})},
+           "evaluate": {"split": "test", "n": 6, "n_boot": 50, "max_new_tokens": 8, "batch_size": 8, **(evaluate or {})}}
+    path = root / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tables(tiny: Loaded, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """M0 = tiny-random's BehaviorTable on 8 val pairs (fp32) and its own labels: the trainer tests' inputs."""
+    from introspect import behavior, labels
+    from introspect import tables as tbl
+    from introspect.tasks import get_task
+
+    out = tmp_path_factory.mktemp("tables")
+    task = get_task("hint-mmlu")
+    pairs = task.pairs(data_dir, "val", 8, seed=0)
+    df, _ = behavior.sample_behavior(tiny.model, tiny.tokenizer, task, pairs, precision="fp32", progress=False)
+    meta = tbl.table_meta(model_id="tiny-random", weights_hash=tiny.weights_hash, task=task, pairs=pairs, seed=0,
+                          split="val", precision="fp32", verify_margin=0.0)
+    tbl.write_table(out / "behavior.parquet", df, meta)
+    tbl.write_table(out / "labels.parquet", labels.make_labels(df, task), meta)
+    return out / "behavior.parquet", out / "labels.parquet"

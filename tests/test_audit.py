@@ -11,31 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from introspect import audit, behavior, cli, labels, ledger
+from introspect import audit, cli, labels, ledger
 from introspect import tables as tbl
 from introspect.config import UserError
-from introspect.models import Loaded
-from introspect.tasks import get_task
 from introspect.train import LossWeights, TrainConfig
 from introspect.train import trainer as T
 
 
 @pytest.fixture(scope="module")
-def frozen(tiny: Loaded, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def frozen(tiny_tables: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A frozen set of 8 pairs (M0 = tiny-random, its own labels) and one trained checkpoint of it."""
     out = tmp_path_factory.mktemp("audit")
-    task = get_task("hint-mmlu")
-    pairs = task.pairs(data_dir, "val", 8, seed=0)
-    df, _ = behavior.sample_behavior(tiny.model, tiny.tokenizer, task, pairs, precision="fp32", progress=False)
-    meta = tbl.table_meta(model_id="tiny-random", weights_hash=tiny.weights_hash, task=task, pairs=pairs, seed=0,
-                          split="val", precision="fp32", verify_margin=0.0)
-    tbl.write_table(out / "behavior.parquet", df, meta)
-    tbl.write_table(out / "labels.parquet", labels.make_labels(df, task), meta)
-    cfg = TrainConfig(behavior=str(out / "behavior.parquet"), labels=str(out / "labels.parquet"), out_dir=str(out / "run"),
+    pairs_table, labels_table = tiny_tables
+    cfg = TrainConfig(behavior=str(pairs_table), labels=str(labels_table), out_dir=str(out / "run"),
                       model="tiny-random", steps=3, lr=5e-2, warmup_steps=0, schedule="constant", checkpoint_every=3,
                       probe_every=0, precision="fp32", weights=LossWeights(explanation=1.0, behavior_kl=0.0))
     T.train(cfg)
-    return {"pairs": out / "behavior.parquet", "labels": out / "labels.parquet",
+    return {"pairs": pairs_table, "labels": labels_table,
             "checkpoint": out / "run" / "checkpoints" / "step_000003", "dir": out}
 
 

@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from introspect import evaluate, evaluate_run, run_config
 from introspect.labels import target_text
 from introspect.metrics import METRICS
 
-from conftest import write_mmlu
+from conftest import write_tiny_run_config
 
 
 def _beh(answers: list[str], answers_without: list[str]) -> pd.DataFrame:
@@ -55,14 +54,8 @@ def test_self_and_orig_on_hand_built_drift() -> None:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("run")
-    data = write_mmlu(root / "data")
-    write_mmlu(data, "test", {"misc": [[f"Test question {i}?", "a", "b", "c", "d", "ABCD"[i % 4]] for i in range(6)]})
-    cfg = {"run_dir": str(root / "run"), "model": "tiny-random", "data_root": str(data), "train_split": "val",
-           "train_n": 8, "precision": "fp32",
-           "train": {"steps": 2, "checkpoint_every": 1, "probe_every": 0, "explanation_per_step": 4,
-                     "behavior_per_step": 4, "lr": 1e-3},
-           "evaluate": {"split": "test", "n": 6, "n_boot": 200, "max_new_tokens": 12}}
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    write_tiny_run_config(root, train={"checkpoint_every": 1},
+                          evaluate={"n_boot": 200, "max_new_tokens": 12, "batch_size": 16})
     return root
 
 

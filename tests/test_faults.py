@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import write_mmlu
-from introspect import behavior, checkpoints, cli, labels
-from introspect import tables as tbl
+from conftest import write_tiny_run_config
+from introspect import checkpoints, cli
 from introspect.config import UserError, atomic_path
 from introspect.locking import locked
-from introspect.models import Loaded
 from introspect.pipeline import run
 from introspect.run_config import load_run_config
 from introspect.tasks import get_task
@@ -27,16 +25,8 @@ from introspect.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
-def tables(tiny: Loaded, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    out = tmp_path_factory.mktemp("fault_tables")
-    task = get_task("hint-mmlu")
-    pairs = task.pairs(data_dir, "val", 8, seed=0)
-    df, _ = behavior.sample_behavior(tiny.model, tiny.tokenizer, task, pairs, precision="fp32", progress=False)
-    meta = tbl.table_meta(model_id="tiny-random", weights_hash=tiny.weights_hash, task=task, pairs=pairs, seed=0,
-                          split="val", precision="fp32", verify_margin=0.0)
-    tbl.write_table(out / "behavior.parquet", df, meta)
-    tbl.write_table(out / "labels.parquet", labels.make_labels(df, task), meta)
-    return out / "behavior.parquet", out / "labels.parquet"
+def tables(tiny_tables: tuple[Path, Path]) -> tuple[Path, Path]:
+    return tiny_tables
 
 
 def _config(tables: tuple[Path, Path], out: Path, path: Path, **kw) -> Path:
@@ -128,15 +118,7 @@ def test_a_truncated_checkpoint_is_not_current(tables, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("finished")
-    data = write_mmlu(root / "data")
-    write_mmlu(data, "test", {"misc": [[f"Test question {i}?", "a", "b", "c", "d", "ABCD"[i % 4]] for i in range(6)]})
-    cfg = {"run_dir": str(root / "run"), "model": "tiny-random", "data_root": str(data), "train_split": "val",
-           "train_n": 8, "precision": "fp32",
-           "train": {"steps": 2, "checkpoint_every": 2, "probe_every": 0, "explanation_per_step": 4,
-                     "behavior_per_step": 4, "lr": 1e-3},
-           "evaluate": {"split": "test", "n": 6, "n_boot": 20, "max_new_tokens": 6, "batch_size": 8, "baselines": False}}
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    run(load_run_config(root / "cfg.yaml"))
+    run(load_run_config(write_tiny_run_config(root, evaluate={"n_boot": 20, "max_new_tokens": 6, "baselines": False})))
     return root / "cfg.yaml", root / "run"
 
 

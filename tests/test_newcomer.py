@@ -15,9 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-import yaml  # noqa: E402
 
-from conftest import write_mmlu  # noqa: E402
+from conftest import write_tiny_run_config  # noqa: E402
 from introspect import baselines, cli, evaluate_run, selection  # noqa: E402
 from introspect.config import UserError  # noqa: E402
 from introspect.pipeline import run  # noqa: E402
@@ -118,15 +117,7 @@ def test_screen_refuses_a_bf16_table(data_dir: Path, tmp_path: Path, capsys: pyt
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("switch")
-    data = write_mmlu(root / "data")
-    write_mmlu(data, "test", {"misc": [[f"Test question {i}?", "a", "b", "c", "d", "ABCD"[i % 4]] for i in range(6)]})
-    cfg = {"run_dir": str(root / "run"), "model": "tiny-random", "data_root": str(data), "train_split": "val",
-           "train_n": 8, "precision": "fp32",
-           "train": {"steps": 2, "checkpoint_every": 1, "probe_every": 0, "explanation_per_step": 4,
-                     "behavior_per_step": 4, "lr": 1e-3},
-           "evaluate": {"split": "test", "n": 6, "n_boot": 50, "max_new_tokens": 8, "batch_size": 8}}
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    run(load_run_config(root / "cfg.yaml"))
+    run(load_run_config(write_tiny_run_config(root, train={"checkpoint_every": 1})))
     return root
 
 

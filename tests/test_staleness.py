@@ -8,9 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import write_mmlu
+from conftest import write_mmlu, write_tiny_run_config
 from introspect import cli
 from introspect.config import UserError
 from introspect.locking import locked
@@ -33,16 +32,8 @@ TRAINED = {"train", "eval step 2", "baselines"}
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("stale")
-    data = write_mmlu(root / "data")
-    write_mmlu(data, "test", {"misc": [[f"Test question {i}?", "a", "b", "c", "d", "ABCD"[i % 4]] for i in range(6)]})
-    write_mmlu(data, "dev", {"misc": [[f"Dev question {i}?", "w", "x", "y", "z", "ABCD"[i % 4]] for i in range(8)]})
-    cfg = {"run_dir": str(root / "run"), "model": "tiny-random", "data_root": str(data), "train_split": "val",
-           "train_n": 8, "precision": "fp32",
-           "train": {"steps": 2, "checkpoint_every": 2, "probe_every": 0, "explanation_per_step": 4,
-                     "behavior_per_step": 4, "lr": 1e-3},
-           "evaluate": {"split": "test", "n": 6, "n_boot": 50, "max_new_tokens": 8, "batch_size": 8}}
-    path = root / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = write_tiny_run_config(root)
+    write_mmlu(root / "data", "dev", {"misc": [[f"Dev question {i}?", "w", "x", "y", "z", "ABCD"[i % 4]] for i in range(8)]})
     run(load_run_config(path))
     return path, root / "run"
 

@@ -25,16 +25,8 @@ VENV_BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def tables(tiny: Loaded, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    out = tmp_path_factory.mktemp("tables")
-    task = get_task("hint-mmlu")
-    pairs = task.pairs(data_dir, "val", 8, seed=0)
-    df, _ = behavior.sample_behavior(tiny.model, tiny.tokenizer, task, pairs, precision="fp32", progress=False)
-    meta = tbl.table_meta(model_id="tiny-random", weights_hash=tiny.weights_hash, task=task, pairs=pairs,
-                               seed=0, split="val", precision="fp32", verify_margin=0.0)
-    tbl.write_table(out / "behavior.parquet", df, meta)
-    tbl.write_table(out / "labels.parquet", labels.make_labels(df, task), meta)
-    return out / "behavior.parquet", out / "labels.parquet"
+def tables(tiny_tables: tuple[Path, Path]) -> tuple[Path, Path]:
+    return tiny_tables
 
 
 def _encoded(tiny: Loaded, tables) -> tuple:

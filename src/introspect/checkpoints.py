@@ -34,26 +34,19 @@ def complete(ckdir: Path) -> list[tuple[int, Path]]:
 
 
 def intact(path: Path, deep: bool = False) -> bool:
-    """meta.json present, and the files it lists (`files`: name -> bytes, since 2026-12-02) have those sizes; the
-    optimiser state may be pruned from older checkpoints. `deep` also checks the weights files' content hashes
-    (`file_hashes`), as loading a checkpoint does."""
+    """meta.json present, and the files it lists (`files`: name -> bytes, since 2026-12-02) have those sizes (the
+    optimiser state may be pruned from older checkpoints). `deep` also compares the weights' content hash with the
+    one recorded at save (`weights_hash`), as loading a checkpoint does."""
     try:
         info = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError):
         return False
-    recorded = info.get("files", {})
-    if deep and any(_file_hash(path / name) != h for name, h in info.get("file_hashes", {}).items()
-                    if (path / name).is_file()):
-        return False
-    for name, size in recorded.items():
+    for name, size in info.get("files", {}).items():
         f = path / name
-        if not f.is_file():
-            if name == STATE:
-                continue
+        present = f.is_file()
+        if (not present and name != STATE) or (present and f.stat().st_size != size):
             return False
-        if f.stat().st_size != size:
-            return False
-    return True
+    return not deep or "weights_hash" not in info or weights_hash(path, "") == info["weights_hash"]
 
 
 def last(ckdir: Path) -> Path | None:
@@ -78,14 +71,6 @@ def weights_hash(path: Path | None, base_hash: str) -> str:
     return h.hexdigest()
 
 
-def _file_hash(f: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(f, "rb") as fh:
-        while chunk := fh.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def rng_state() -> dict[str, Any]:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
@@ -107,8 +92,8 @@ def save(model: Any, opt: Any, sched: Any, ckdir: Path, step: int, info: dict[st
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "rng": rng_state()},
                    tmp / STATE)
         files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
-        hashes = {f.name: _file_hash(f) for f in sorted(tmp.glob("*.safetensors"))}
-        (tmp / "meta.json").write_text(json.dumps({**info, "files": files, "file_hashes": hashes}, indent=2))
+        (tmp / "meta.json").write_text(json.dumps({**info, "files": files, "weights_hash": weights_hash(tmp, "")},
+                                                  indent=2))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # disk full or interrupted: no half-written checkpoint is left
         raise

@@ -177,12 +177,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from .report import write_report
-
     from .locking import locked
+    from .report import load_results, write_report
 
-    if not (Path(args.run_dir) / "eval" / "results.json").is_file():
-        write_report(Path(args.run_dir))  # the error that says what to run first, before a lock file is made
+    load_results(Path(args.run_dir))  # the error that says what to run first, before a lock file is made
     with locked(Path(args.run_dir)):  # never during a run: its page would mix this config with older results
         path = write_report(Path(args.run_dir))
     print(f"[report] wrote {path}, {Path(args.run_dir) / 'summary.md'} and {Path(args.run_dir) / 'figures'}/")

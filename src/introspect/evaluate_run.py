@@ -80,9 +80,10 @@ def stage_evaluate(cfg: RunConfig) -> dict[str, Any]:
                                    precision=cfg.precision, verify_margin=cfg.verify_margin, seed=seed,
                                    max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, n_boot=ev.n_boot, **where)
         store = cfg.path("kept", "eval", out.parent.name)  # results of other settings' checkpoints (kept, not lost)
-        diff = provenance.changed_keys(provenance.stored_inputs(out), wanted)
-        if diff and diff != ["(no previous output)"]:
-            kept = provenance.keep([out.parent], provenance.stored_inputs(out), store)
+        made_from = provenance.stored_inputs(out)
+        diff = provenance.changed_keys(made_from, wanted)
+        if diff and made_from is not None:
+            kept = provenance.keep([out.parent], made_from, store)
             print(f"[evaluate step {step}] {out} is stale (changed: {', '.join(diff)}): moved to {kept}")
         if diff and provenance.restore([out.parent], wanted, store):
             print(f"[evaluate step {step}] took back this checkpoint's results from {store}")

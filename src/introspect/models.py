@@ -142,9 +142,16 @@ def tiny_random(seed: int = 0, layers: int = 2, hidden: int = 64) -> tuple[PreTr
     return AutoModelForCausalLM.from_config(cfg), tok
 
 
+def linear_names(model: Any) -> list[str]:
+    """The leaf names of a model's Linear modules (q_proj, ...): what a LoRA target list can name."""
+    import torch
+
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
 def linear_module_names(name: str) -> list[str]:
-    """The leaf names of a model's Linear modules (q_proj, ...), read from its config with no weights loaded;
-    empty when the config cannot be read here (the trainer then checks the loaded model)."""
+    """`linear_names` of a model read from its config on the meta device (no weights loaded); empty when the config
+    cannot be read here (the trainer then checks the loaded model)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
@@ -155,10 +162,16 @@ def linear_module_names(name: str) -> list[str]:
         else:
             cfg = AutoConfig.from_pretrained(bundled_path(name) if name in BUNDLED else name)
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(cfg)
+            return linear_names(AutoModelForCausalLM.from_config(cfg))
     except (OSError, ValueError, UserError):
         return []
-    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
+def check_lora_targets(targets: Any, linear: list[str], model_name: str) -> None:
+    """A LoRA target list that names none of the model's Linear modules is a UserError naming the ones it could."""
+    if linear and not isinstance(targets, str) and not set(targets) & set(linear):
+        raise UserError(f"config key train.lora.target_modules {list(targets)} matches no module of {model_name}; its "
+                        f"Linear modules are {', '.join(linear)}")
 
 
 def _load_dir_or_hub(name: str) -> tuple[PreTrainedModel, Any]:

@@ -25,7 +25,7 @@ from . import behavior, devices, labels, provenance, selection
 from .checkpoints import STATE, clean_tmp, complete, meta as checkpoint_meta
 from .config import UserError, atomic_path, data_root, seed_everything
 from .locking import locked
-from .models import fingerprint, linear_module_names, load_model
+from .models import check_lora_targets, fingerprint, linear_module_names, load_model
 from .run_config import RunConfig
 from .tables import read_table, table_meta, task_of, write_table
 from .tasks import get_task
@@ -169,7 +169,7 @@ def run(cfg: RunConfig) -> Path:
     root = data_root(cfg.data_root)  # everything checked before the first byte goes into the run directory
     tc = cfg.train_config()
     check_sizes(cfg, root)
-    check_lora_targets(tc)
+    lora_targets_match(tc)
     writable(cfg.path("run_config.json"))
     with locked(Path(cfg.run_dir)):
         for p in clean_tmp(Path(cfg.run_dir)):
@@ -226,18 +226,13 @@ def written_since(path: Path, t0: float) -> bool:
     return path.is_file() and path.stat().st_mtime >= t0
 
 
-def check_lora_targets(tc: Any) -> None:
-    """A LoRA target list that matches no Linear module of the model is an error before any sampling (the model's
-    layout is read from its config on the meta device: no weights are loaded)."""
+def lora_targets_match(tc: Any) -> None:
+    """LoRA targets checked against the model's layout (meta device, no weights) before any sampling; the default
+    list is skipped (it is the one every shipped model has)."""
     from .train.config import LoraSpec
 
-    targets = tc.lora.target_modules
-    if tc.finetune != "lora" or isinstance(targets, str) or list(targets) == LoraSpec().target_modules:
-        return
-    linear = linear_module_names(tc.model)
-    if linear and not set(targets) & set(linear):
-        raise UserError(f"config key train.lora.target_modules {list(targets)} matches no module of {tc.model}; its "
-                        f"Linear modules are {', '.join(linear)}")
+    if tc.finetune == "lora" and list(tc.lora.target_modules) != LoraSpec().target_modules:
+        check_lora_targets(tc.lora.target_modules, linear_module_names(tc.model), tc.model)
 
 
 def check_sizes(cfg: RunConfig, root: Path) -> None:

@@ -12,6 +12,7 @@ directory's meta.json. All three are read by `stored_inputs`.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,6 @@ KEEP_SETTINGS = 3  # outputs of the last 3 other settings are kept per folder (R
 def keep(folders: list[Path], made_from: dict[str, str] | None, store: Path) -> Path | None:
     """Move the stale outputs `folders` (made from `made_from`) into `store/HASH/` instead of deleting them, so a
     setting switched back to finds them again (`restore`). Keeps the KEEP_SETTINGS newest; returns where they went."""
-    import shutil
-    import time
-
     present = [f for f in folders if f.exists()]
     if not present or made_from is None:
         return None
@@ -85,7 +83,6 @@ def keep(folders: list[Path], made_from: dict[str, str] | None, store: Path) -> 
     dest.mkdir(parents=True)
     for f in present:
         shutil.move(str(f), str(dest / f.name))
-    (dest / "kept_at").write_text(str(time.time()))
     for old in sorted((d for d in Path(store).iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)[:-KEEP_SETTINGS]:
         shutil.rmtree(old)
     return dest
@@ -93,15 +90,15 @@ def keep(folders: list[Path], made_from: dict[str, str] | None, store: Path) -> 
 
 def restore(folders: list[Path], wanted: dict[str, str], store: Path) -> bool:
     """Move back the outputs kept from a setting made from exactly `wanted` (see `keep`); False when none are."""
-    import shutil
-
     src = Path(store) / key_of(wanted)
     if not (src / folders[0].name).exists():
         return False
     for f in folders:
         if (src / f.name).exists():
-            if f.exists():
-                shutil.rmtree(f) if f.is_dir() else f.unlink()
+            if f.is_dir():
+                shutil.rmtree(f)
+            elif f.exists():
+                f.unlink()
             shutil.move(str(src / f.name), str(f))
     shutil.rmtree(src)
     return True

@@ -28,7 +28,7 @@ from .. import behavior, checkpoints, devices, progress, provenance
 from ..behavior import choice_token_ids, encode_pairs
 from ..config import UserError, seed_everything
 from ..labels import agreement, drift, label_frame
-from ..models import load_model, peft_deprecation_silenced
+from ..models import check_lora_targets, linear_names, load_model, peft_deprecation_silenced
 from ..tables import pairs_from_table, read_table, task_of
 from ..tasks import Pair
 from . import fast
@@ -106,11 +106,8 @@ def wrap(model: Any, cfg: TrainConfig) -> Any:
     targets = cfg.lora.target_modules
     lc = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                     target_modules=targets if isinstance(targets, str) else list(targets), task_type="CAUSAL_LM")
-    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-    wanted = [targets] if isinstance(targets, str) else list(targets)
-    if not isinstance(targets, str) and not set(wanted) & set(linear):
-        raise UserError(f"config key train.lora.target_modules {wanted} matches no module of {cfg.model}; its Linear "
-                        f"modules are {', '.join(linear)}")
+    linear = linear_names(model)
+    check_lora_targets(targets, linear, cfg.model)
     with peft_deprecation_silenced():
         try:
             return get_peft_model(model, lc)
