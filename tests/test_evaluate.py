@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from introspect import evaluate, evaluate_run, run_config
+from introspect import evaluate, run_config
+from introspect.stages import evaluate as evaluate_stage
 from introspect.labels import target_text
 from introspect.metrics import METRICS
 
@@ -109,8 +110,8 @@ def test_evaluate_resumes_without_recomputing(tiny_run: Path, monkeypatch: pytes
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_run, "evaluate_one", counting)
-    res = evaluate_run.stage_evaluate(cfg)
+    monkeypatch.setattr(evaluate_stage, "evaluate_one", counting)
+    res = json.loads(evaluate_stage.run(cfg).read_text())
     assert len(calls) == 1 and sorted(res["checkpoints"]) == ["0", "1", "2"]
 
 

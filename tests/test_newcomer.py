@@ -17,7 +17,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from conftest import write_tiny_run_config  # noqa: E402
-from introspect import baselines, cli, evaluate_run, selection  # noqa: E402
+from introspect import baselines, cli, selection  # noqa: E402
+from introspect.stages import evaluate as evaluate_stage  # noqa: E402
 from introspect.config import UserError  # noqa: E402
 from introspect.pipeline import run  # noqa: E402
 from introspect.progress import Bar  # noqa: E402
@@ -132,7 +133,7 @@ def test_switching_a_setting_back_takes_its_outputs_back(small_run: Path, tmp_pa
     calls = {"train": 0, "evaluate": 0, "baseline texts": 0}
     import introspect.train.trainer as trainer
 
-    for module, name, key in ((trainer, "train", "train"), (evaluate_run, "evaluate_one", "evaluate"),
+    for module, name, key in ((trainer, "train", "train"), (evaluate_stage, "evaluate_one", "evaluate"),
                               (baselines, "all_baselines", "baseline texts")):
         real = getattr(module, name)
 

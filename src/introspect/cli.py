@@ -39,56 +39,43 @@ def _selection(args: argparse.Namespace) -> Any:
     return Selection(min_margin=args.min_margin, balance=args.balance, pool=args.pool)
 
 
-def cmd_sample(args: argparse.Namespace) -> None:
-    from .pipeline import stage_sample
+def _sample_spec(args: argparse.Namespace, **fixed: Any) -> Any:
+    from .stages.sample import SampleSpec
 
     if args.n <= 0:
         raise UserError(f"--n must be a positive number of pairs, got {args.n}")
+    spec = dict(model=args.model, task=args.task, task_options=_task_options(args), root=data_root(args.data_root),
+                split=args.split, n=args.n, seed=args.seed, precision=args.precision, verify_margin=args.verify_margin,
+                device=args.device, batch_size=args.batch_size)
+    return SampleSpec(**{**spec, **fixed})
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from .stages import sample
+
+    spec = _sample_spec(args)
     seed_everything(args.seed)
     sel = _selection(args)
-    stage_sample(model_name=args.model, task_name=args.task, task_options=_task_options(args),
-                 root=data_root(args.data_root), split=args.split, n=args.n, seed=args.seed, precision=args.precision,
-                 verify_margin=args.verify_margin, out=Path(args.out), select=sel, pool=sel.pool,
-                 batch_size=args.batch_size, share_prefix=not args.no_share_prefix, device=args.device)
+    spec.select, spec.pool, spec.share_prefix = sel, sel.pool, not args.no_share_prefix
+    sample.run(spec, Path(args.out))
 
 
 def cmd_label(args: argparse.Namespace) -> None:
-    from .pipeline import stage_label
+    from .stages import label
 
-    stage_label(source=Path(args.behavior), out=Path(args.out), noise=args.noise, noise_seed=args.noise_seed)
+    label.run(label.LabelSpec(Path(args.behavior), args.noise, args.noise_seed), Path(args.out))
 
 
 def cmd_screen(args: argparse.Namespace) -> dict[str, Any]:
     import json
 
-    from . import screen
-    from .config import atomic_path
-    from .pipeline import stage_sample
-    from .tables import read_table
-    from .tasks import get_task
+    from .stages import screen
 
-    out = Path(args.out)
-    root = data_root(args.data_root)
-    task = get_task(args.task, **_task_options(args))
-    if args.behavior:
-        table = Path(args.behavior)
-    else:
-        table = stage_sample(model_name=args.model, task_name=args.task, task_options=_task_options(args), root=root,
-                             split=args.split, n=args.n, seed=args.seed, precision="fp32", verify_margin=0.0,
-                             out=out / "behavior.parquet", stage="screen", device=args.device)
-    df, meta = read_table(table)
-    if meta.get("precision") != "fp32":
-        raise UserError(f"{table} was sampled in {meta.get('precision')}; screening reads fp32 margins (bf16 rounds "
-                        f"near-ties): sample it with --precision fp32, or drop --behavior to let screen sample it")
-    rep = screen.report(df, min_margin=args.min_margin, epsilon=args.epsilon, balance=args.balance,
-                        available_train=task.available(root, args.train_split),
-                        available_eval=task.available(root, args.eval_split), setting=args.name or "")
-    with atomic_path(out / "screen.json") as tmp:
-        tmp.write_text(json.dumps(rep, indent=2))
-    screen.figure(df, rep, out / "screen.png")
-    print(f"[screen] wrote {out / 'screen.json'} and {out / 'screen.png'}")
-    print(rep["line"])
-    return rep
+    spec = screen.ScreenSpec(sample=_sample_spec(args, precision="fp32", verify_margin=0.0),
+                             behavior=Path(args.behavior) if args.behavior else None, min_margin=args.min_margin,
+                             epsilon=args.epsilon, balance=args.balance, train_split=args.train_split,
+                             eval_split=args.eval_split, name=args.name or "")
+    return json.loads(screen.run(spec, Path(args.out)).read_text())
 
 
 def _nan_to_none(obj: Any) -> Any:
@@ -159,7 +146,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate_run import stage_evaluate
+    import json
+
     from .locking import locked
     from .report import headline
     from .run_config import config_of_run
@@ -169,20 +157,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         cfg.evaluate.checkpoints = args.checkpoints
     from .devices import secondary
 
+    from .stages import evaluate
+
     with locked(Path(args.run_dir)):
-        res = stage_evaluate(cfg)
+        out = evaluate.run(cfg)
     if not secondary():
-        print(f"[evaluate] wrote {cfg.path('eval', 'results.json')}")
-        print(headline(res))
+        print(f"[evaluate] wrote {out}")
+        print(headline(json.loads(out.read_text())))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .locking import locked
-    from .report import load_results, write_report
+    from .report import load_results
+    from .stages import report
 
     load_results(Path(args.run_dir))  # the error that says what to run first, before a lock file is made
     with locked(Path(args.run_dir)):  # never during a run: its page would mix this config with older results
-        path = write_report(Path(args.run_dir))
+        path = report.run(Path(args.run_dir))
     print(f"[report] wrote {path}, {Path(args.run_dir) / 'summary.md'} and {Path(args.run_dir) / 'figures'}/")
 
 

@@ -101,6 +101,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+
+def writable(out: Path) -> None:
+    """Fail before any work when the file `out` cannot be written (not after an hour of sampling)."""
+    if out.is_dir():
+        raise UserError(f"{out} is a directory: name a file to write (flag --out / the config key naming it)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # a unique name: the processes of one `accelerate launch` probe the same folder at once
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe.tmp", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write {out} ({e.strerror}): choose another output path (flag --out / config key run_dir)") from None
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -6,7 +6,7 @@ For M0 and each checkpoint M_t, on held-out eval pairs:
   3. score the explanations against E(M_t) ("Self") and against E(M0) ("Orig") with the same scorer;
   4. Self − Orig with a paired-bootstrap CI, overall and on the items whose label differs between M0 and M_t;
   5. drift from M0 and label–behaviour agreement.
-`stage_evaluate` runs this for a run directory; each checkpoint's result records its inputs (checkpoint weights,
+`stages.evaluate.run` runs this for a run directory; each checkpoint's result records its inputs (checkpoint weights,
 eval set, precision, verify margin, generation settings, bootstrap), so a re-run skips exactly the current ones.
 """
 

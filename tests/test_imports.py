@@ -1,0 +1,90 @@
+"""The package's import graph has no cycle (every `from . import` / `from .x import` in src/, at module level or
+inside functions), and stages never import the orchestrator."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "introspect"
+
+
+def module_name(path: Path, src: Path = SRC) -> str:
+    parts = list(path.relative_to(src.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(src: Path = SRC) -> dict[str, set[str]]:
+    """module -> the package modules it imports. `from . import x` counts as importing x, not the package."""
+    files = {module_name(p, src): p for p in src.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+            subs = {f"{target}.{a.name}" for a in node.names} & set(files)
+            if subs:
+                deps |= subs
+            if node.module and target in files:
+                deps.add(target)
+        graph[mod] = deps - {mod}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_checker_finds_a_cycle(tmp_path: Path) -> None:
+    pkg = tmp_path / "introspect"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from . import a\n")
+    (pkg / "c.py").write_text("from . import a\n")
+    assert cycles(import_graph(pkg)) == [["introspect.a", "introspect.b"]]
+
+
+def test_src_has_no_import_cycle() -> None:
+    graph = import_graph()
+    assert "introspect.stages.evaluate" in graph and "introspect.pipeline" in graph
+    assert cycles(graph) == []
+
+
+def test_stages_never_import_the_orchestrator() -> None:
+    graph = import_graph()
+    stages = [m for m in graph if m.startswith("introspect.stages")]
+    assert len(stages) >= 6
+    assert not [m for m in stages if "introspect.pipeline" in graph[m]]
