@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import DATA_ENV, REPO_ROOT, VERIFY_MARGIN, UserError, data_root, seed_everything, write_jsonl
+from .config import DATA_ENV, REPO_ROOT, UserError, data_root, seed_everything, write_jsonl
 from .models import list_models
+from .run_config import RunConfig
 from .cli_audit import add_audit_parser
 from .cli_experiment import add_experiment_parser, add_intervene_parser
 from .tasks import TASKS
@@ -192,15 +193,15 @@ def task_options_epilog(argv: list[str] | None) -> str:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m-instruct", help="registry name, local dir or hub id (see `introspect models`)")
+    p.add_argument("--model", default=RunConfig.model, help="registry name, local dir or hub id (see `introspect models`)")
     p.add_argument("--split", default="val", help="data split, e.g. val, dev, test, val+dev")
     p.add_argument("--n", type=int, default=200, help="number of pairs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
-    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default=RunConfig.precision, choices=["bf16", "fp32"])
+    p.add_argument("--device", default=RunConfig.device, help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=4, help="pairs per forward")
-    p.add_argument("--verify-margin", type=float, default=VERIFY_MARGIN,
+    p.add_argument("--verify-margin", type=float, default=RunConfig.verify_margin,
                    help="bf16 near-ties closer than this (nats) are re-scored in fp32; 0 turns it off")
     p.add_argument("--task", default="hint-mmlu", choices=sorted(TASKS))
     p.add_argument("--task-format", default=None, help="task prompt format (hint-mmlu: dot, paren, ...; aita: words, verdict)")
@@ -230,6 +231,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("models", help="list known models").set_defaults(fn=cmd_models)
 
+    add_table_stage_parsers(sub, with_tasks)
+    add_run_parsers(sub)
+    act = add_audit_parser(sub)
+    exp = add_experiment_parser(sub)
+    add_intervene_parser(sub)
+
+    for p in [*sub.choices.values(), *act.choices.values(), *exp.choices.values()]:
+        p.set_defaults(parser=p)
+    return ap
+
+
+def add_table_stage_parsers(sub: Any, with_tasks: dict[str, Any]) -> None:
+    """sample, label, screen, score: the stages that read and write tables."""
     p = sub.add_parser("sample", help="behaviour of a model on both sides of every pair -> BehaviorTable", **with_tasks)
     _add_common(p)
     p.add_argument("--pool", type=int, default=0, help="sample this many pairs, then keep --n by margin/balance")
@@ -269,6 +283,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the metrics JSONL here")
     p.set_defaults(fn=cmd_score)
 
+
+def add_run_parsers(sub: Any) -> None:
+    """train, run, evaluate, report, demo: the stages of a run."""
     p = sub.add_parser("train", help="coupling training from a YAML config (see configs/)")
     p.add_argument("config_path", nargs="?", help="the YAML config (same as --config; use this form under "
                    "`accelerate launch`, whose own --config_file would swallow --config)")
@@ -296,13 +313,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
     add_set_flag(p)
     p.set_defaults(fn=cmd_run)
-    act = add_audit_parser(sub)
-    exp = add_experiment_parser(sub)
-    add_intervene_parser(sub)
-
-    for p in [*sub.choices.values(), *act.choices.values(), *exp.choices.values()]:
-        p.set_defaults(parser=p)
-    return ap
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .config import VERIFY_MARGIN
+from .run_config import RunConfig
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
@@ -41,9 +41,9 @@ def add_audit_parser(sub: Any) -> Any:
     a.add_argument("model", help="a model (registry name, local dir) or a training checkpoint dir (RUN/train/checkpoints/step_N)")
     a.add_argument("--tag", required=True, help="a unique name for this version, e.g. v2")
     a.add_argument("--note", default=None)
-    a.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
-    a.add_argument("--verify-margin", type=float, default=VERIFY_MARGIN)
-    a.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    a.add_argument("--precision", default=RunConfig.precision, choices=["bf16", "fp32"])
+    a.add_argument("--verify-margin", type=float, default=RunConfig.verify_margin)
+    a.add_argument("--device", default=RunConfig.device, help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     a.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     a.add_argument("--n-boot", type=int, default=1000)
     a.add_argument("--batch-size", type=int, default=16, help="explanations generated per batch")

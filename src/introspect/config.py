@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # torch and numpy load on first use: `introspect --help` star
 DATA_ENV = "INTROSPECT_DATA"
 CACHE_ENV = "INTROSPECT_CACHE"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = "smollm2-135m-instruct"  # M0 when a config or flag names none (the bundled SmolLM2)
 VERIFY_MARGIN = 0.015  # bf16 near-ties closer than this (nats) are re-scored in fp32; see docs/benchmarks.md
 
 

@@ -46,13 +46,29 @@ def _save(fig: Any, path: Path, checks: dict[str, Any], tight: bool = True) -> P
 
 
 def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict[str, Path]:
+    """Every figure of a run's report -> RUN/figures/*.png, with their layout checks in figures/figures.json."""
     out_dir = run / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
     layout: dict[str, Any] = {}  # figure file -> layout_problems, written to figures/figures.json
     rows = sorted(res["checkpoints"].values(), key=lambda r: r["step"])
-    steps = [r["step"] for r in rows]
-    paths: dict[str, Path] = {}
+    paths = {"self_vs_orig": self_vs_orig_figure(rows, res, metric, out_dir, layout),
+             "drift": drift_figure(rows, out_dir, layout)}
+    log = run / "train" / "metrics.jsonl"
+    if log.is_file():
+        rows_t = read_jsonl(log)
+        paths["losses"] = losses_figure(rows_t, out_dir, layout)
+        checks = [r for r in rows_t if "monitor" in r]
+        if checks:
+            paths["monitor"] = monitor_figure(rows_t, checks, out_dir, layout)
+    with atomic_path(out_dir / "figures.json") as tmp:
+        tmp.write_text(json.dumps(layout, indent=2))
+    return paths
 
+
+def self_vs_orig_figure(rows: list[dict[str, Any]], res: dict[str, Any], metric: str, out_dir: Path,
+                        layout: dict[str, Any]) -> Path:
+    """Self and Orig per checkpoint (EM and F1 panels) with bootstrap bands, the baselines and collapse marks."""
+    steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     for ax, m in zip(axes, (metric, "has_changed_f1")):
         for key, color, label in (("self", "tab:blue", "Self: vs current behaviour E(M_t)"),
@@ -88,8 +104,12 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
     handles, names = axes[0].get_legend_handles_labels()  # one legend below both panels, never over the data
     fig.tight_layout()
     fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
-    paths["self_vs_orig"] = _save(fig, out_dir / "self_vs_orig.png", layout, tight=False)
+    return _save(fig, out_dir / "self_vs_orig.png", layout, tight=False)
 
+
+
+def drift_figure(rows: list[dict[str, Any]], out_dir: Path, layout: dict[str, Any]) -> Path:
+    steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, [r["drift"] for r in rows], "o-", label="behaviour drift from M0 (eval pairs)")
     ax.plot(steps, [r["agreement"] for r in rows], "s-", label="agreement of E(M0) with E(M_t)")
@@ -100,40 +120,39 @@ def figures(run: Path, res: dict[str, Any], metric: str = "exact_match") -> dict
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     ax.set_title("drift and label–behaviour agreement")
-    paths["drift"] = _save(fig, out_dir / "drift_agreement.png", layout)
+    return _save(fig, out_dir / "drift_agreement.png", layout)
 
-    log = run / "train" / "metrics.jsonl"
-    if log.is_file():
-        rows_t = read_jsonl(log)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for k in ("explanation", "behavior_kl", "sycophancy_reduction", "refusal_tuning"):
-            pts = [(r["step"], r[k]) for r in rows_t if k in r]
-            if pts:
-                ax.plot(*zip(*pts), label=k, lw=1)
-        ax.set_yscale("log")
-        mark_decisions(ax, rows_t)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("loss (log scale)")
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-        ax.set_title("training losses")
-        paths["losses"] = _save(fig, out_dir / "losses.png", layout)
-        checks = [r for r in rows_t if "monitor" in r]
-        if checks:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for key, label in (("agreement", "agreement (held-out monitor pairs)"), ("self_em", "Self EM"),
-                               ("orig_em", "Orig EM"), ("drift", "drift from M0")):
-                ax.plot([r["step"] for r in checks], [r["monitor"][key] for r in checks], "o-", ms=3, label=label)
-            ax.axhline(checks[0]["monitor_decision"].get("min_agreement", MIN_AGREEMENT), ls="--", color="gray", lw=1)
-            mark_decisions(ax, rows_t)
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("training step")
-            ax.set_ylabel("fraction of monitor pairs")
-            ax.set_title(f"coupling monitor (policy {checks[0]['monitor_decision']['policy']})")
-            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-            paths["monitor"] = _save(fig, out_dir / "monitor.png", layout)
-    with atomic_path(out_dir / "figures.json") as tmp:
-        tmp.write_text(json.dumps(layout, indent=2))
-    return paths
+
+
+def losses_figure(rows_t: list[dict[str, Any]], out_dir: Path, layout: dict[str, Any]) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k in ("explanation", "behavior_kl", "sycophancy_reduction", "refusal_tuning"):
+        pts = [(r["step"], r[k]) for r in rows_t if k in r]
+        if pts:
+            ax.plot(*zip(*pts), label=k, lw=1)
+    ax.set_yscale("log")
+    mark_decisions(ax, rows_t)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss (log scale)")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    ax.set_title("training losses")
+    return _save(fig, out_dir / "losses.png", layout)
+
+
+def monitor_figure(rows_t: list[dict[str, Any]], checks: list[dict[str, Any]], out_dir: Path,
+                   layout: dict[str, Any]) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("agreement", "agreement (held-out monitor pairs)"), ("self_em", "Self EM"),
+                       ("orig_em", "Orig EM"), ("drift", "drift from M0")):
+        ax.plot([r["step"] for r in checks], [r["monitor"][key] for r in checks], "o-", ms=3, label=label)
+    ax.axhline(checks[0]["monitor_decision"].get("min_agreement", MIN_AGREEMENT), ls="--", color="gray", lw=1)
+    mark_decisions(ax, rows_t)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("fraction of monitor pairs")
+    ax.set_title(f"coupling monitor (policy {checks[0]['monitor_decision']['policy']})")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    return _save(fig, out_dir / "monitor.png", layout)
 
 
 def mark_decisions(ax: Any, rows: list[dict[str, Any]]) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ..config import VERIFY_MARGIN, UserError, read_yaml
+from ..config import DEFAULT_MODEL, VERIFY_MARGIN, UserError, read_yaml
 from ..validity import MIN_AGREEMENT
 from ..typed import apply_overrides, build, to_dict
 
@@ -24,8 +24,8 @@ class LossWeights:
 @dataclass
 class LoraSpec:
     rank: int = 96  # the paper found coupling only from rank 96 up
-    alpha: int = 192
-    dropout: float = 0.0
+    alpha: int = 192  # LoRA scaling numerator: the adapter's output is multiplied by alpha / rank
+    dropout: float = 0.0  # dropout on the adapter's input during training (0 = none)
     # the attention and MLP projections of Llama, Qwen, Gemma and Mistral (same names); "all-linear" = peft's
     # every linear layer but the output head, for architectures with other names
     target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
@@ -56,14 +56,14 @@ class TrainConfig:
     behavior: str = ""  # M0's BehaviorTable on the training pairs (`introspect sample`): p_M0 for the regulariser
     labels: str = ""  # explanation labels for the same pairs (`introspect label`), from any model or with noise
     out_dir: str = ""  # checkpoints/, metrics.jsonl and train_config.yaml go here
-    model: str = "smollm2-135m-instruct"  # the model to train (M0); must match the BehaviorTable's model
+    model: str = DEFAULT_MODEL  # the model to train (M0); must match the BehaviorTable's model
     seed: int = 0  # seeds Python, NumPy, torch and the per-step batch draw
     steps: int = 150  # optimiser steps
-    lr: float = 2e-4
+    lr: float = 2e-4  # AdamW peak learning rate (reached after warm-up)
     schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    warmup_steps: int = 10  # linear warm-up from 0 to lr over this many steps
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    max_grad_norm: float = 1.0  # gradients clipped to this global L2 norm before each optimiser step
     explanation_per_step: int = 4  # explanation examples in one optimiser step (across all processes)
     behavior_per_step: int = 4  # training pairs in one optimiser step for behaviour losses (x and x∖C each)
     concurrent_pairs: str = "split"  # split: the concurrent objective (sycophancy_reduction, refusal_tuning) reads its
@@ -78,8 +78,8 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
     compile: bool = False  # torch.compile each decoder layer (regional; tens of seconds once): faster steps (train/fast.py)
     cache_bf16_weights: bool = False  # keep a bf16 copy of frozen weights for bf16 autocast: same numbers, no re-casts
-    lora: LoraSpec = field(default_factory=LoraSpec)
-    weights: LossWeights = field(default_factory=LossWeights)
+    lora: LoraSpec = field(default_factory=LoraSpec)  # the adapter's shape (finetune: lora)
+    weights: LossWeights = field(default_factory=LossWeights)  # each loss term's weight; 0 = not computed
     precision: str = "bf16"  # bf16 (autocast) | fp32; the answer-position head is fp32 either way
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N; under `accelerate launch` each process its own
     verify_margin: float = VERIFY_MARGIN  # probe re-sampling: bf16 near-ties closer than this are re-scored in fp32

@@ -80,18 +80,37 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
     w = cfg.weights
     want_expl = w.explanation > 0 and len(expl) > 0
     want_beh = (w.behavior_kl > 0 or w.sycophancy_reduction > 0 or w.refusal_tuning > 0) and len(with_c) > 0
-    packed = packed if want_expl and want_beh else 0
+    groups = layout(cfg, expl, with_c, without_c, packed if want_expl and want_beh else 0, want_expl, want_beh)
     size = cfg.rows_per_forward
+    order = sorted(range(len(groups)), key=lambda j: group_tokens(groups[j]))  # length-sorted rows
+    ce_sum, n_tok = torch.zeros(()), 0
+    rows: dict[tuple[int, int], torch.Tensor] = {}  # (pair index, side) -> choice log-probs
+    for c in [order[i:i + size] for i in range(0, len(order), size)]:
+        s, n, lp = tree_terms(model, [groups[j][0] for j in c], choice_ids, pad_id)
+        ce_sum, n_tok = ce_sum + s, n_tok + n
+        rows.update(zip((key for j in c for key in groups[j][1]), lp if lp is not None else []))
+    losses: dict[str, torch.Tensor] = {}
+    if want_expl:
+        losses["explanation"] = ce_sum / n_tok
+    if want_beh:
+        logp = torch.stack([rows[i, side] for i in range(len(with_c)) for side in (0, 1)])  # rows 2i: x, 2i+1: x∖C
+        losses.update(behaviour_terms(w, logp, p_m0, p_m0_without, gold, kl_rows, concurrent_rows))
+    return losses
 
-    def chunks(idx: range, length: Any) -> list[list[int]]:
-        order = sorted(idx, key=length)
-        return [order[i:i + size] for i in range(0, len(order), size)]
 
-    def tokens(group: tuple[list[Item], list[tuple[int, int]]]) -> int:
-        return sum(len(seq) for seq, _ in group[0])
+Group = tuple[list[Item], list[tuple[int, int]]]  # a row's trees, and the (pair index, side) of its behaviour items
 
-    # (group, (pair index, side) of each behaviour item); side 0 = x, 1 = x∖C
-    groups: list[tuple[list[Item], list[tuple[int, int]]]] = []
+
+def group_tokens(group: Group) -> int:
+    return sum(len(seq) for seq, _ in group[0])
+
+
+def layout(cfg: TrainConfig, expl: Sequence[tuple[list[int], list[int]]], with_c: Sequence[Sequence[int]],
+           without_c: Sequence[Sequence[int]], packed: int, want_expl: bool, want_beh: bool) -> list[Group]:
+    """The micro-batch's rows: one prefix tree per packed pair (explanation, x, x∖C), then the other explanation
+    examples alone and the other pairs as (x, x∖C) trees (apart with `pack: false`); with `trees_per_row` > 1 the
+    longest tree shares a row with the shortest ones. Side 0 = x, 1 = x∖C."""
+    groups: list[Group] = []
     for i in range(packed):  # a pair's explanation example, x and x∖C in one tree
         groups.append(([explanation_item(expl[i]), (with_c[i], 0), (without_c[i], 0)], [(i, 0), (i, 1)]))
     if want_expl:
@@ -103,38 +122,35 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
             else:
                 groups += [([(with_c[i], 0)], [(i, 0)]), ([(without_c[i], 0)], [(i, 1)])]
     if cfg.trees_per_row > 1:  # the longest tree with the shortest ones: one row, one shared start, even row lengths
-        order = sorted(groups, key=tokens)
+        order = sorted(groups, key=group_tokens)
         merged = []
         while order:
             row = [order.pop()] + [order.pop(0) for _ in range(min(cfg.trees_per_row - 1, len(order)))]
             merged.append(([item for g in row for item in g[0]], [key for g in row for key in g[1]]))
         groups = merged
-    ce_sum, n_tok = torch.zeros(()), 0
-    rows: dict[tuple[int, int], torch.Tensor] = {}  # (pair index, side) -> choice log-probs
-    for c in chunks(range(len(groups)), lambda j: tokens(groups[j])):
-        s, n, lp = tree_terms(model, [groups[j][0] for j in c], choice_ids, pad_id)
-        ce_sum, n_tok = ce_sum + s, n_tok + n
-        rows.update(zip((key for j in c for key in groups[j][1]), lp if lp is not None else []))
+    return groups
+
+
+def behaviour_terms(w: Any, logp: torch.Tensor, p_m0: np.ndarray, p_m0_without: np.ndarray, gold: np.ndarray | None,
+                    kl_rows: np.ndarray | None, concurrent_rows: np.ndarray | None) -> dict[str, torch.Tensor]:
+    """The behaviour loss terms with weight > 0 from the choice log-probs `logp` (rows 2i: x, 2i+1: x∖C)."""
+    n = len(logp) // 2
     losses: dict[str, torch.Tensor] = {}
-    if want_expl:
-        losses["explanation"] = ce_sum / n_tok
-    if want_beh:
-        logp = torch.stack([rows[i, side] for i in range(len(with_c)) for side in (0, 1)])  # rows 2i: x, 2i+1: x∖C
-        ref = torch.tensor(np.stack([p_m0, p_m0_without], axis=1).reshape(len(logp), -1), dtype=torch.float32, device=logp.device)
-        every = np.ones(len(with_c), dtype=bool)
-        kl = torch.as_tensor(np.repeat(every if kl_rows is None else kl_rows, 2), device=logp.device)  # x and x∖C alike
-        conc = every if concurrent_rows is None else np.asarray(concurrent_rows, dtype=bool)
-        if w.behavior_kl > 0:
-            losses["behavior_kl"] = objectives.behavior_kl(logp=logp[kl], p_m0=ref[kl]) if kl.any() else logp.sum() * 0
-        if w.sycophancy_reduction > 0:
-            c = torch.as_tensor(conc, device=logp.device)
-            losses["sycophancy_reduction"] = (objectives.sycophancy_reduction(logp_hinted=logp[0::2][c], p_no_hint=ref[1::2][c])
-                                              if conc.any() else logp.sum() * 0)
-        if w.refusal_tuning > 0:
-            if gold is None or (gold[conc] < 0).any():
-                raise UserError("refusal_tuning needs a gold behaviour for every training pair (the refusal task has one)")
-            c2 = torch.as_tensor(np.repeat(conc, 2), device=logp.device)
-            target = torch.tensor(np.repeat(gold[conc], 2), dtype=torch.long, device=logp.device)  # x and x∖C alike
-            losses["refusal_tuning"] = (objectives.refusal_tuning(logp=logp[c2], target=target)
-                                        if conc.any() else logp.sum() * 0)
+    ref = torch.tensor(np.stack([p_m0, p_m0_without], axis=1).reshape(len(logp), -1), dtype=torch.float32, device=logp.device)
+    every = np.ones(n, dtype=bool)
+    kl = torch.as_tensor(np.repeat(every if kl_rows is None else kl_rows, 2), device=logp.device)  # x and x∖C alike
+    conc = every if concurrent_rows is None else np.asarray(concurrent_rows, dtype=bool)
+    if w.behavior_kl > 0:
+        losses["behavior_kl"] = objectives.behavior_kl(logp=logp[kl], p_m0=ref[kl]) if kl.any() else logp.sum() * 0
+    if w.sycophancy_reduction > 0:
+        c = torch.as_tensor(conc, device=logp.device)
+        losses["sycophancy_reduction"] = (objectives.sycophancy_reduction(logp_hinted=logp[0::2][c], p_no_hint=ref[1::2][c])
+                                          if conc.any() else logp.sum() * 0)
+    if w.refusal_tuning > 0:
+        if gold is None or (gold[conc] < 0).any():
+            raise UserError("refusal_tuning needs a gold behaviour for every training pair (the refusal task has one)")
+        c2 = torch.as_tensor(np.repeat(conc, 2), device=logp.device)
+        target = torch.tensor(np.repeat(gold[conc], 2), dtype=torch.long, device=logp.device)  # x and x∖C alike
+        losses["refusal_tuning"] = (objectives.refusal_tuning(logp=logp[c2], target=target)
+                                    if conc.any() else logp.sum() * 0)
     return losses

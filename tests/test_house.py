@@ -1,5 +1,6 @@
-"""The package's import graph has no cycle (every `from . import` / `from .x import` in src/, at module level or
-inside functions), and stages never import the orchestrator."""
+"""House rules checked on the source: the package's import graph has no cycle (every `from . import` / `from .x import`
+in src/, at module level or inside functions), stages never import the orchestrator, and no function is over 60 lines
+without a `# long:` comment on its first line saying why."""
 
 from __future__ import annotations
 
@@ -88,3 +89,29 @@ def test_stages_never_import_the_orchestrator() -> None:
     stages = [m for m in graph if m.startswith("introspect.stages")]
     assert len(stages) >= 6
     assert not [m for m in stages if "introspect.pipeline" in graph[m]]
+
+
+MAX_LINES = 60
+
+
+def long_functions(src: Path = SRC) -> list[str]:
+    """Functions over MAX_LINES lines whose `def` line carries no `# long: why` comment."""
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                if size > MAX_LINES and "# long:" not in lines[node.lineno - 1]:
+                    found.append(f"{path.relative_to(src.parent)}:{node.lineno} {node.name} ({size} lines)")
+    return found
+
+
+def test_the_length_check_sees_a_long_function(tmp_path: Path) -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_LINES))
+    (tmp_path / "m.py").write_text(f"def long():\n{body}\n\ndef excused():  # long: a table of cases\n{body}")
+    assert [f.split(" ")[1] for f in long_functions(tmp_path)] == ["long"]
+
+
+def test_no_function_over_60_lines_without_a_reason() -> None:
+    assert long_functions() == []
