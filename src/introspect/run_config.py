@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
-from .config import VERIFY_MARGIN, UserError, read_yaml
+from .config import DEFAULT_MODEL, VERIFY_MARGIN, UserError, read_yaml
 from .typed import apply_overrides, build
 from .train.config import TrainConfig, validate
 
@@ -28,6 +28,9 @@ class EvalConfig:
     max_new_tokens: int = 40  # explanation generation length (greedy, stops at `>>>.`)
     baselines: bool = True  # majority, copy-Orig, nearest neighbour, zero-shot, few-shot (k=4)
     seed: int | None = None  # eval pairs and bootstrap; null = the run's seed (fix it to share one eval set across arms)
+    merge_adapter: bool = True  # generate and re-sample with the checkpoint's LoRA delta merged into evaluation weights
+    # (merged.py: faster; rounding differs from the unmerged adapter, measured in docs/benchmarks.md#evaluation);
+    # false = the adapter applied as trained. M0 (step 0) is the same either way.
 
 
 @dataclass
@@ -43,13 +46,13 @@ class Selection:
 @dataclass
 class RunConfig:
     run_dir: str  # where every stage writes (a relative path is relative to the current directory)
-    model: str = "smollm2-135m-instruct"  # M0, the model trained and evaluated
-    task: str = "hint-mmlu"
-    task_options: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
+    model: str = DEFAULT_MODEL  # M0, the model trained and evaluated
+    task: str = "hint-mmlu"  # hint-mmlu | aita | refusal (`introspect sample --help` lists each task's options)
+    task_options: dict[str, Any] = field(default_factory=dict)  # the task's options, e.g. {format: dot, hint: expert}
+    seed: int = 0  # one seed for every stage: pair draw, hint letters, selection, training, bootstrap
     data_root: str | None = None  # default: $INTROSPECT_DATA or ../shared/data
-    train_split: str = "val+dev"
-    train_n: int = 500
+    train_split: str = "val+dev"  # the split(s) training pairs come from (`+` joins splits)
+    train_n: int = 500  # training pairs kept (after selection)
     label_model: str | None = None  # take labels from this model's behaviour (cross-family); null = M0's own
     label_noise: float = 0.0  # fraction of labels corrupted (labels.add_noise)
     precision: str = "bf16"  # bf16 | fp32: sampling, re-sampling, generation and training
@@ -58,7 +61,7 @@ class RunConfig:
     selection: Selection = field(default_factory=Selection)  # applied to the training pairs and the eval pairs
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys; paths, model, seed, precision filled in
     monitor_split: str = ""  # with train.monitor.every > 0: the held-out split the monitor's pairs are sampled from
-    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation of every checkpoint
 
     def path(self, *parts: str) -> Path:
         return Path(self.run_dir).joinpath(*parts)

@@ -22,6 +22,7 @@ from ..checkpoints import applied, complete, weights_hash
 from ..config import UserError, atomic_path, seed_everything, stable_hash
 from ..evaluate import evaluate_one
 from ..labels import label_frame
+from ..merged import merged
 from ..models import load_model
 from ..run_config import RunConfig
 from ..tables import pairs_from_table, read_table, task_of, write_table
@@ -114,6 +115,8 @@ def checkpoint_result(cfg: RunConfig, base: Any, es: EvalSet, step: int, path: P
     seed = cfg.seed if ev.seed is None else ev.seed  # eval pairs and bootstrap
     out = cfg.path("eval", f"step_{step:06d}", "result.json")
     where = {"device": str(devices.of(base.model))} if devices.of(base.model).type != "cpu" else {}
+    merge = ev.merge_adapter and path is not None  # M0 has no adapter: its numbers are the same either way
+    where |= {"merged_adapter": True} if merge else {}  # results made before merged evaluation keep their inputs
     wanted = provenance.inputs(checkpoint=weights_hash(path, base.weights_hash), eval_set=es.set_hash,
                                precision=cfg.precision, verify_margin=cfg.verify_margin, seed=seed,
                                max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, n_boot=ev.n_boot, **where)
@@ -128,7 +131,7 @@ def checkpoint_result(cfg: RunConfig, base: Any, es: EvalSet, step: int, path: P
     if provenance.is_current(out, wanted, f"evaluate step {step}"):
         return json.loads(out.read_text())
     print(f"[evaluate] step {step}: {path or 'M0'}")
-    with applied(base, path, cfg.train_config().finetune) as model:
+    with applied(base, path, cfg.train_config().finetune) as model, merged(model, cfg.precision, on=merge):
         res, items = evaluate_one(model, base.tokenizer, es.task, es.pairs, es.m0_beh, seed=seed, n_boot=ev.n_boot,
                                   precision=cfg.precision, verify_margin=cfg.verify_margin,
                                   batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,

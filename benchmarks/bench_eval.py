@@ -1,0 +1,120 @@
+"""Checkpoint evaluation cost, side by side in one run: explanations/s of today's path (the LoRA adapter applied
+unmerged, weights cast by autocast on every call) against merged evaluation weights (merged.py), on the same items.
+
+    python benchmarks/bench_eval.py --run runs/demo --n 52            # a run's last checkpoint, its eval pairs
+    python benchmarks/bench_eval.py --run runs/demo --pairs P.parquet --n 192   # more pairs of the same task
+
+Per method and chunk of pairs: greedy explanation generation (evaluate.generate) and the re-sampling of B(M_t) on x
+and x∖C (behavior.sample_behavior), exactly what `evaluate_one` does for a checkpoint. The methods take turns chunk by
+chunk (order rotated) after a warm-up chunk, so machine drift hits both alike. Reports explanations/s (items whose
+explanation was generated and behaviour re-sampled, per second), the ratio, and how many texts and answers are
+identical between the two. `--precision fp32` runs the same in fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from introspect import behavior, merged
+from introspect.checkpoints import applied, complete
+from introspect.config import seed_everything, set_threads, write_jsonl
+from introspect.evaluate import explanation_prompts, generate
+from introspect.models import load_model
+from introspect.run_config import config_of_run
+from introspect.tables import pairs_from_table, read_table, task_of
+
+
+def evaluate_work(model: Any, tok: Any, task: Any, pairs: list, precision: str, batch_size: int,
+                  max_new_tokens: int, verify_margin: float) -> tuple[list[str], list[tuple[str, str]], dict[str, float]]:
+    t0 = time.perf_counter()
+    texts = generate(model, tok, explanation_prompts(task, pairs), precision=precision, batch_size=batch_size,
+                     max_new_tokens=max_new_tokens)
+    t1 = time.perf_counter()
+    beh, _ = behavior.sample_behavior(model, tok, task, pairs, precision=precision, verify_margin=verify_margin,
+                                      progress=False)
+    t2 = time.perf_counter()
+    answers = list(zip(beh["answer"], beh["answer_without"]))
+    return texts, answers, {"generate": t1 - t0, "resample": t2 - t1}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="an evaluated run directory (its eval pairs and checkpoints)")
+    ap.add_argument("--step", type=int, default=None, help="the checkpoint (default: the last)")
+    ap.add_argument("--n", type=int, default=96, help="eval pairs (the first n of the pairs table)")
+    ap.add_argument("--pairs", default=None, help="a BehaviorTable whose pairs to use (`introspect sample ... --split "
+                    "test`; default: RUN/eval/m0_behavior.parquet)")
+    ap.add_argument("--chunks", type=int, default=2, help="round-robin chunks after the warm-up")
+    ap.add_argument("--warmup", type=int, default=8, help="pairs of the untimed warm-up chunk (each method)")
+    ap.add_argument("--precision", default=None, choices=["bf16", "fp32"], help="default: the run's")
+    ap.add_argument("--batch-size", type=int, default=None, help="generation batch (default: the run's)")
+    ap.add_argument("--out", default="benchmarks/results/bench_eval.json")
+    args = ap.parse_args()
+    threads = set_threads()
+    cfg = config_of_run(args.run)
+    precision = args.precision or cfg.precision
+    batch = args.batch_size or cfg.evaluate.batch_size
+    seed_everything(cfg.seed)
+    base = load_model(cfg.model, seed=cfg.seed, device="cpu")
+    m0_beh, meta = read_table(Path(args.pairs) if args.pairs else Path(args.run) / "eval" / "m0_behavior.parquet")
+    task = task_of(meta)
+    pairs = pairs_from_table(m0_beh, task)
+    warm, pairs = pairs[: args.warmup], pairs[args.warmup: args.warmup + args.n]
+    done = complete(cfg.path("train", "checkpoints"))
+    step, path = next(((s, p) for s, p in done if s == args.step), done[-1]) if args.step else done[-1]
+    print(f"[bench_eval] {args.run} step {step}, {len(pairs)} pairs in {args.chunks} chunks, {precision}, "
+          f"generation batch {batch}, {threads} threads")
+    work = dict(precision=precision, batch_size=batch, max_new_tokens=cfg.evaluate.max_new_tokens,
+                verify_margin=cfg.verify_margin)
+    with applied(base, path, cfg.train_config().finetune) as model:
+        methods: dict[str, Callable[[list], Any]] = {
+            "unmerged (today)": lambda ps: evaluate_work(model, base.tokenizer, task, ps, **work),
+            "merged": lambda ps: with_merged(model, precision, lambda: evaluate_work(model, base.tokenizer, task, ps, **work)),
+        }
+        for fn in methods.values():
+            fn(warm)
+        size = -(-len(pairs) // args.chunks)
+        chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
+        got: dict[str, dict[str, Any]] = {m: {"texts": [], "answers": [], "generate": 0.0, "resample": 0.0} for m in methods}
+        for c, chunk in enumerate(chunks):
+            names = list(methods)
+            for name in names[c % 2:] + names[: c % 2]:
+                texts, answers, secs = methods[name](chunk)
+                got[name]["texts"] += texts
+                got[name]["answers"] += answers
+                got[name]["generate"] += secs["generate"]
+                got[name]["resample"] += secs["resample"]
+                print(f"  chunk {c + 1}/{len(chunks)} {name:<18} generate {secs['generate']:6.1f} s  "
+                      f"re-sample {secs['resample']:5.1f} s")
+    ref, new = got["unmerged (today)"], got["merged"]
+    n = len(pairs)
+    rows = []
+    for name, g in got.items():
+        total = g["generate"] + g["resample"]
+        rows.append({"method": name, "pairs": n, "precision": precision, "batch": batch, "step": step,
+                     "generate_s": round(g["generate"], 2), "resample_s": round(g["resample"], 2),
+                     "explanations_per_s": round(n / total, 3), "generate_only_per_s": round(n / g["generate"], 3)})
+    same_text = sum(a == b for a, b in zip(ref["texts"], new["texts"]))
+    same_ans = sum(a[i] == b[i] for a, b in zip(ref["answers"], new["answers"]) for i in range(2))
+    summary = {"ratio_explanations_per_s": round(rows[1]["explanations_per_s"] / rows[0]["explanations_per_s"], 3),
+               "ratio_generate_only": round(rows[1]["generate_only_per_s"] / rows[0]["generate_only_per_s"], 3),
+               "identical_texts": f"{same_text}/{n}", "identical_answers": f"{same_ans}/{2 * n}"}
+    for r in rows:
+        print(f"{r['method']:<18} {r['explanations_per_s']:6.3f} explanations/s (generate {r['generate_s']} s, "
+              f"re-sample {r['resample_s']} s; generation alone {r['generate_only_per_s']:.3f}/s)")
+    print(f"merged / today: {summary['ratio_explanations_per_s']}x explanations/s, {summary['ratio_generate_only']}x "
+          f"generation alone; identical texts {summary['identical_texts']}, answers {summary['identical_answers']}")
+    write_jsonl(args.out, [*rows, summary])
+    print(f"wrote {args.out}")
+
+
+def with_merged(model: Any, precision: str, fn: Callable[[], Any]) -> Any:
+    with merged.merged(model, precision):
+        return fn()
+
+
+if __name__ == "__main__":
+    main()
