@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import stable_hash
+from .config import UserError, stable_hash
 
 INPUTS = "inputs"
 
@@ -41,12 +41,11 @@ def stored_inputs(path: Path) -> dict[str, str] | None:
         if not path.is_file():
             return None
         if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
+            from .tables import read_meta  # pyarrow: loaded only for tables
 
-            raw = (pq.read_schema(path).metadata or {}).get(b"introspect")
-            return json.loads(raw).get(INPUTS) if raw else None
+            return read_meta(path).get(INPUTS)
         return json.loads(path.read_text()).get(INPUTS)
-    except (OSError, ValueError):  # unreadable or truncated: not current
+    except (OSError, ValueError, UserError):  # unreadable, truncated or not ours: not current
         return None
 
 

@@ -16,6 +16,7 @@ import json  # noqa: E402
 from .config import atomic_path, read_jsonl  # noqa: E402
 from . import validity  # noqa: E402
 from .validity import COLLAPSE_TOLERANCE, MIN_AGREEMENT  # noqa: E402
+from .train.config import LossWeights  # noqa: E402
 
 
 def collapsed(r: dict[str, Any]) -> bool:
@@ -126,7 +127,7 @@ def drift_figure(rows: list[dict[str, Any]], out_dir: Path, layout: dict[str, An
 
 def losses_figure(rows_t: list[dict[str, Any]], out_dir: Path, layout: dict[str, Any]) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for k in ("explanation", "behavior_kl", "sycophancy_reduction", "refusal_tuning"):
+    for k in LossWeights().terms():
         pts = [(r["step"], r[k]) for r in rows_t if k in r]
         if pts:
             ax.plot(*zip(*pts), label=k, lw=1)

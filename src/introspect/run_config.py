@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 from .config import DEFAULT_MODEL, VERIFY_MARGIN, UserError, read_yaml
@@ -55,7 +55,7 @@ class RunConfig:
     train_n: int = 500  # training pairs kept (after selection)
     label_model: str | None = None  # take labels from this model's behaviour (cross-family); null = M0's own
     label_noise: float = 0.0  # fraction of labels corrupted (labels.add_noise)
-    precision: str = "bf16"  # bf16 | fp32: sampling, re-sampling, generation and training
+    precision: Literal["bf16", "fp32"] = "bf16"  # sampling, re-sampling, generation and training
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N: every stage
     verify_margin: float = VERIFY_MARGIN  # bf16 near-ties closer than this (nats) are re-scored in fp32; 0 = off
     selection: Selection = field(default_factory=Selection)  # applied to the training pairs and the eval pairs
@@ -87,7 +87,6 @@ class RunConfig:
 
 def validate_run(cfg: RunConfig, where: str) -> RunConfig:
     checks = [
-        (cfg.precision in ("bf16", "fp32"), "config key precision must be bf16 or fp32"),
         (cfg.verify_margin >= 0, "config key verify_margin must be >= 0"),
         (cfg.train_n > 0, "config key train_n must be > 0"),
         (cfg.evaluate.n > 0, "config key evaluate.n must be > 0"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -25,6 +25,8 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is not None:
         args = ", ".join(_type_name(a) for a in typing.get_args(tp))
         return f"{origin.__name__}[{args}]"
@@ -46,6 +48,10 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
     if tp is type(None):
         if value is None:
             return None
+        raise _wrong(tp, value, key, where)
+    if origin is Literal:  # a closed set of values, checked where the field is defined
+        if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
+            return value
         raise _wrong(tp, value, key, where)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where, prefix=f"{key}.")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Literal
 from pathlib import Path
 
 
@@ -19,6 +20,20 @@ class LossWeights:
     behavior_kl: float = 1.0  # λ: KL(p_M0 ‖ p_θ) on x and x∖C; 0 = the no-regulariser ablation
     sycophancy_reduction: float = 0.0  # μ: pull p_θ(answer | x) toward M0's p(answer | x∖C)
     refusal_tuning: float = 0.0  # ρ: CE toward the pair's gold behaviour (refusal task: comply benign, refuse harmful)
+
+    CONCURRENT = ("sycophancy_reduction", "refusal_tuning")  # the objectives that move behaviour on purpose
+
+    def terms(self) -> tuple[str, ...]:
+        """Every loss term, in the order the trainer logs them."""
+        return tuple(f.name for f in fields(self))
+
+    def concurrent(self) -> bool:
+        """Whether a concurrent objective is on."""
+        return any(getattr(self, k) > 0 for k in self.CONCURRENT)
+
+    def behavioural(self) -> bool:
+        """Whether any term reads the choice distributions (the KL or a concurrent objective)."""
+        return self.behavior_kl > 0 or self.concurrent()
 
 
 @dataclass
@@ -39,7 +54,7 @@ class MonitorSpec:
     every: int = 0  # steps between checks (0 = off); the last step is always checked
     pairs: str = ""  # M0's BehaviorTable on held-out pairs, never training pairs (`introspect run`: monitor_split)
     n: int = 32  # the first n of those pairs
-    policy: str = "warn"  # warn | stop | rollback | adapt
+    policy: Literal["warn", "stop", "rollback", "adapt"] = "warn"  # what a failed check does (docs/training.md#coupling-monitor)
     min_agreement: float = MIN_AGREEMENT  # the coupling condition: fixed labels agree with current behaviour on this share
     lr_factor: float = 0.5  # rollback: lr x this
     lambda_factor: float = 2.0  # rollback: λ x this; adapt: λ x this when agreement < min_agreement
@@ -60,13 +75,13 @@ class TrainConfig:
     seed: int = 0  # seeds Python, NumPy, torch and the per-step batch draw
     steps: int = 150  # optimiser steps
     lr: float = 2e-4  # AdamW peak learning rate (reached after warm-up)
-    schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # the learning-rate schedule after warm-up
     warmup_steps: int = 10  # linear warm-up from 0 to lr over this many steps
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     max_grad_norm: float = 1.0  # gradients clipped to this global L2 norm before each optimiser step
     explanation_per_step: int = 4  # explanation examples in one optimiser step (across all processes)
     behavior_per_step: int = 4  # training pairs in one optimiser step for behaviour losses (x and x∖C each)
-    concurrent_pairs: str = "split"  # split: the concurrent objective (sycophancy_reduction, refusal_tuning) reads its
+    concurrent_pairs: Literal["split", "shared"] = "split"  # split: the concurrent objective (sycophancy_reduction, refusal_tuning) reads its
     #   own pairs, a fixed seeded share of the training pairs that the KL never reads; shared: both read the same rows
     concurrent_share: float = 0.5  # with split: the share of training pairs set aside for the concurrent objective
     concurrent_per_step: int = 4  # with split: concurrent-objective pairs in one optimiser step
@@ -74,13 +89,13 @@ class TrainConfig:
     pack: bool = True  # run each pair's explanation, x and x∖C as one prefix tree (same losses, fewer tokens)
     rows_per_forward: int = 2  # examples per forward pass, length-sorted (padding costs more than batching saves on CPU)
     trees_per_row: int = 1  # pairs' prefix trees merged into one row: their common start (system turn) runs once
-    finetune: str = "lora"  # lora | full
+    finetune: Literal["lora", "full"] = "lora"  # a LoRA adapter, or every weight
     activation_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
     compile: bool = False  # torch.compile each decoder layer (regional; tens of seconds once): faster steps (train/fast.py)
     cache_bf16_weights: bool = False  # keep a bf16 copy of frozen weights for bf16 autocast: same numbers, no re-casts
     lora: LoraSpec = field(default_factory=LoraSpec)  # the adapter's shape (finetune: lora)
     weights: LossWeights = field(default_factory=LossWeights)  # each loss term's weight; 0 = not computed
-    precision: str = "bf16"  # bf16 (autocast) | fp32; the answer-position head is fp32 either way
+    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 (autocast) | fp32; the answer-position head is fp32 either way
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N; under `accelerate launch` each process its own
     verify_margin: float = VERIFY_MARGIN  # probe re-sampling: bf16 near-ties closer than this are re-scored in fp32
     balance_explanations: bool = False  # draw each step's explanation examples half changed, half unchanged
@@ -98,9 +113,6 @@ class TrainConfig:
 def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     checks = [
         (all(getattr(cfg, k) for k in ("behavior", "labels", "out_dir")), "behavior, labels and out_dir are required"),
-        (cfg.finetune in ("lora", "full"), "finetune must be 'lora' or 'full'"),
-        (cfg.schedule in ("cosine", "linear", "constant"), "schedule must be cosine, linear or constant"),
-        (cfg.precision in ("bf16", "fp32"), "precision must be bf16 or fp32"),
         (cfg.steps > 0 and cfg.lr > 0, "steps and lr must be positive"),
         (cfg.explanation_per_step >= 0 and cfg.behavior_per_step >= 0, "per-step counts must be >= 0"),
         (min(vars(cfg.weights).values()) >= 0, "loss weights must be >= 0"),
@@ -114,7 +126,6 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         (cfg.lora.alpha > 0, "lora.alpha must be > 0"),
         (cfg.probe_every >= 0 and cfg.probe_pairs >= 1, "probe_every must be >= 0 and probe_pairs >= 1"),
         (cfg.grad_accum >= 1, "grad_accum must be >= 1"),
-        (cfg.concurrent_pairs in ("split", "shared"), "concurrent_pairs must be 'split' or 'shared'"),
         (0 < cfg.concurrent_share < 1 and cfg.concurrent_per_step >= 1,
          "concurrent_share must be in (0, 1) and concurrent_per_step >= 1"),
         (cfg.rows_per_forward >= 1 and cfg.checkpoint_every >= 1 and cfg.trees_per_row >= 1,
@@ -125,7 +136,6 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
          "cache_bf16_weights needs precision: bf16 and finetune: lora (it caches frozen weights for bf16 autocast)"),
         (cfg.keep_checkpoints >= 0, "keep_checkpoints must be >= 0 (0 keeps all)"),
         (0 <= cfg.lora.dropout < 1 and cfg.lora.rank >= 1, "lora.rank must be >= 1 and lora.dropout in [0, 1)"),
-        (cfg.monitor.policy in ("warn", "stop", "rollback", "adapt"), "monitor.policy must be warn, stop, rollback or adapt"),
         (cfg.monitor.every >= 0 and cfg.monitor.n >= 1 and cfg.monitor.max_rollbacks >= 0, "monitor.every must be >= 0, "
          "monitor.n >= 1 and monitor.max_rollbacks >= 0"),
         (not cfg.monitor.every or cfg.monitor.pairs, "monitor.every > 0 needs monitor.pairs (M0's BehaviorTable on held-out "

@@ -79,7 +79,7 @@ def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int],
     """
     w = cfg.weights
     want_expl = w.explanation > 0 and len(expl) > 0
-    want_beh = (w.behavior_kl > 0 or w.sycophancy_reduction > 0 or w.refusal_tuning > 0) and len(with_c) > 0
+    want_beh = w.behavioural() and len(with_c) > 0
     groups = layout(cfg, expl, with_c, without_c, packed if want_expl and want_beh else 0, want_expl, want_beh)
     size = cfg.rows_per_forward
     order = sorted(range(len(groups)), key=lambda j: group_tokens(groups[j]))  # length-sorted rows

@@ -64,7 +64,7 @@ def draw(seed: int, step: int, n: int, k_expl: int, k_pairs: int,
 def concurrent_split(cfg: TrainConfig, n: int) -> np.ndarray | None:
     """With a concurrent objective and `concurrent_pairs: split`: the training pairs set aside for it (a fixed
     seeded share, never read by the KL); None when both objectives read the same rows."""
-    if cfg.concurrent_pairs != "split" or not (cfg.weights.sycophancy_reduction or cfg.weights.refusal_tuning):
+    if cfg.concurrent_pairs != "split" or not cfg.weights.concurrent():
         return None
     k = round(n * cfg.concurrent_share)
     if not 0 < k < n:
