@@ -42,12 +42,11 @@ test-quick: $(STAMP)
 
 # The pre-registered reg vs no-reg experiment (docs/claims.md): lambda selection, then every arm, then the table.
 claim-hint: $(STAMP)
-	$(BIN)/python scripts/claims.py lambda
-	$(BIN)/python scripts/claims.py arms
+	$(BIN)/introspect experiment run configs/experiments/claims_v1.yaml
 
 # Pre-registration 2 (docs/claims.md): the same test with 1,200 eval pairs, new seeds; every arm, then the table.
 claim-hint-2: $(STAMP)
-	$(BIN)/python scripts/claims.py --experiment 2 arms
+	$(BIN)/introspect experiment run configs/experiments/claims_v2.yaml
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'

@@ -1,15 +1,23 @@
-"""The pre-registered decision rule of docs/claims.md, as scripts/claims.py applies it."""
+"""The pre-registered decision rule of docs/claims.md (experiment_table.decide), and the experiment tables re-made
+from the committed archives by `introspect experiment table`."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import os
+import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-SPEC = importlib.util.spec_from_file_location("claims_script", Path(__file__).resolve().parents[1] / "scripts" / "claims.py")
-claims = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(claims)
+from introspect import experiment_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class claims:  # the rule as experiments 1 and 2 pre-registered it (refuted below +0.02)
+    decide = staticmethod(partial(experiment_table.decide, refute_below=0.02))
 
 
 def est(lo: float, hi: float) -> dict:
@@ -40,3 +48,28 @@ def test_the_rule_on_complete_experiments(reg: dict, contrast: dict, want: str) 
 def test_a_complete_experiment_without_its_estimates_is_an_error() -> None:
     with pytest.raises(ValueError):
         claims.decide(True, [], 4, None, None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec, results", [("claims_v1", "claims_results"), ("claims_v2", "claims_v2_results")])
+def test_the_experiment_tables_re_make_from_the_archives(spec: str, results: str, tmp_path: Path) -> None:
+    """The committed table (its JSON: every number, the pooled CIs and the decision) is what the spec's rule gives
+    on the committed archive; a run directory in the way would be read first, so this runs from a copy."""
+    from introspect import cli
+
+    for rel in (f"configs/experiments/{spec}.yaml", "docs/claims_lambda.json"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, tmp_path / rel)
+    archive = "docs/claims_runs" if spec == "claims_v1" else "docs/claims_v2_runs"
+    configs = "configs/claims" if spec == "claims_v1" else "configs/claims_v2"
+    shutil.copytree(ROOT / archive, tmp_path / archive)
+    shutil.copytree(ROOT / configs, tmp_path / configs)
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert cli.main(["experiment", "table", f"configs/experiments/{spec}.yaml"]) == 0
+    finally:
+        os.chdir(here)
+    made = json.loads((tmp_path / "docs" / f"{results}.json").read_text())
+    assert made == json.loads((ROOT / "docs" / f"{results}.json").read_text())
+    assert made["decision"] in ("supported", "refuted", "inconclusive") or made["decision"].startswith("not a valid")

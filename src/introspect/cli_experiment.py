@@ -1,4 +1,5 @@
-"""`introspect experiment` (controls): its flags and its handler. The spec and the controls are experiment.py."""
+"""`introspect experiment` (run, table, archive, controls) and `introspect intervene`: their flags and handlers. The
+spec and the controls are experiment.py, the table and its rule experiment_table.py, the arms experiment_runs.py."""
 
 from __future__ import annotations
 
@@ -13,6 +14,19 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     from . import experiment
 
     spec, spec_hash = experiment.load_spec(args.spec)
+    if args.action in ("run", "table", "archive"):
+        from . import experiment_runs, experiment_table
+
+        if args.action in ("table", "run") and not spec.results:
+            raise UserError(f"{args.spec}: config key results (the table's path stem) is needed for `{args.action}`")
+        if args.action == "run":
+            experiment_runs.run(spec)
+        if args.action == "archive":
+            experiment_runs.archive(spec)
+        else:
+            experiment_table.table(spec)
+            print(f"[experiment] wrote {spec.results}.md, .json and .png")
+        return
     if args.n_perm is not None:
         spec.controls.n_perm = args.n_perm
     report = experiment.controls_report(spec, spec_hash)
@@ -60,5 +74,12 @@ def add_experiment_parser(sub: Any) -> Any:
     a.add_argument("spec", help="experiment spec YAML (configs/experiments/)")
     a.add_argument("--out", default=None, help="write OUT.md and OUT.json (e.g. docs/claims_v2_controls)")
     a.add_argument("--n-perm", type=int, default=None, help="override controls.n_perm (the within-strata shuffles)")
+    for action, text in (("run", "the λ selection (if the spec has one and its record is missing), every arm not "
+                          "finished (each an `introspect run`, archived when done), then the table"),
+                         ("table", "the table and the pre-registered rule's decision from the finished arms (run "
+                          "directories, else the archive) -> RESULTS.md/.json/.png"),
+                         ("archive", "copy finished arms' training logs and evaluation into the spec's archive")):
+        a = act.add_parser(action, help=text)
+        a.add_argument("spec", help="experiment spec YAML (configs/experiments/); run from the repository root")
     p.set_defaults(fn=cmd_experiment)
     return act

@@ -1,6 +1,10 @@
-"""Experiments as declarative specs: arms × seeds of `introspect run` configs, where their results live, and the
-controls that decide whether a Self − Orig effect is coupling (`introspect experiment controls SPEC`).
+"""Experiments as declarative specs: arms × seeds of `introspect run` configs, where their results live, their
+decision rule, and the controls that decide whether a Self − Orig effect is coupling. Run from the repository root
+(the spec's paths are relative to it):
 
+    introspect experiment run configs/experiments/claims_v2.yaml        # λ selection if any, every arm, the table
+    introspect experiment table configs/experiments/claims_v2.yaml      # the table and the rule's decision
+    introspect experiment archive configs/experiments/claims_v2.yaml    # finished arms' results -> the archive
     introspect experiment controls configs/experiments/claims_v2.yaml [--out docs/claims_v2_controls]
 
 A spec (YAML, typed by `ExperimentSpec`) names the folder of arm configs (`{arms[ARM]}_s{SEED}.yaml`, plain run
@@ -39,6 +43,27 @@ class ControlsSpec:
 
 
 @dataclass
+class DecisionSpec:
+    """The pre-registered decision rule of the experiment table (experiment_table.py; docs/claims.md)."""
+
+    metric: str = "exact_match"  # the rule's statistic: pooled Self − Orig of this metric at each arm's last checkpoint
+    refute_below: float = 0.02  # refuted when the pooled CI's upper bound is below this
+    n_boot: int = 2000  # bootstrap resamples of items
+    seed: int = 0  # bootstrap seed
+
+
+@dataclass
+class LambdaSelection:
+    """How λ* was chosen before the arms ran (`introspect experiment run` runs it first when its record is missing)."""
+
+    configs: str  # folder of the selection runs' configs, {prefix}{λ}.yaml
+    values: list[str]  # the λ values tried, smallest first
+    min_agreement: float = 0.80  # λ* = the smallest λ whose validation agreement is at least this, else the largest
+    prefix: str = "lambda_val_"
+    record: str = "docs/claims_lambda.json"  # where the choice is written; the arms' configs are set from it
+
+
+@dataclass
 class ExperimentSpec:
     name: str  # one line: what is tested
     configs: str  # folder of the arms' run configs, one per arm and seed: {arms[ARM]}_s{SEED}.yaml
@@ -48,6 +73,10 @@ class ExperimentSpec:
     primary: str  # the arm whose coupling is claimed
     sibling: str = ""  # the same-seed arm whose explainer is the other-model control (e.g. λ = 0); "" = none
     controls: ControlsSpec = field(default_factory=ControlsSpec)
+    results: str = ""  # path stem of the table files (RESULTS.md, .json, .png) written by `introspect experiment table`
+    title: str = ""  # the table's heading
+    decision: DecisionSpec = field(default_factory=DecisionSpec)
+    lambda_selection: LambdaSelection | None = None  # null = the arms' λ is fixed in their configs
 
 
 def load_spec(path: str | Path) -> tuple[ExperimentSpec, str]:
@@ -65,6 +94,8 @@ def load_spec(path: str | Path) -> tuple[ExperimentSpec, str]:
         problems.append(f"controls.metric must be one of {list(C.CORRECTNESS)}")
     if set(spec.controls.strata) - set(C.STRATA):
         problems.append(f"controls.strata: choose from {list(C.STRATA)}")
+    if spec.decision.metric not in C.CORRECTNESS or spec.decision.n_boot < 1:
+        problems.append(f"decision.metric must be one of {list(C.CORRECTNESS)} and decision.n_boot >= 1")
     if spec.controls.n_boot < 1 or spec.controls.n_perm < 1:
         problems.append("controls.n_boot and controls.n_perm must be >= 1")
     if problems:
