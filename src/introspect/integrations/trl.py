@@ -1,0 +1,105 @@
+"""Coupling terms inside a Hugging Face / TRL trainer (SFTTrainer, DPOTrainer, or a plain transformers Trainer).
+
+    from trl import SFTTrainer
+    from introspect.integrations.trl import CouplingTerms, with_coupling
+
+    terms = CouplingTerms.from_tables("RUN/train/behavior.parquet", "RUN/train/labels.parquet", tokenizer,
+                                      weights={"explanation": 1.0, "behavior_kl": 0.3})
+    trainer = with_coupling(SFTTrainer, terms)(model=model, args=sft_config, train_dataset=ds, ...)
+
+Each optimiser step, the host trainer's own loss gets `w_explanation · CE(frozen explanation labels) + λ · KL(p_M0 ‖ p_θ)`
+(+ μ, ρ for the concurrent objectives when their weights are set) — the same functions as introspect's own trainer
+(`train.trainer.load_data`, `step_rows`, `train.step.step_losses`: one implementation of each loss, fp32 head at the
+answer positions), on the rows introspect's trainer would draw at that step ((seed, step) only). p_M0 comes from the
+BehaviorTable, so no reference model and no extra forward are needed for the KL. Each term is logged beside the
+host's metrics (`coupling/explanation`, `coupling/behavior_kl`).
+
+Not covered yet (issue 25): the coupling monitor as a TrainerCallback, checkpoints in introspect's layout, the DPO
+example and its benchmark.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import devices
+from ..train.config import LossWeights, TrainConfig, validate
+from ..train.step import step_losses
+from ..train.trainer import TrainData, load_data, step_rows
+from ..typed import build
+
+
+class CouplingTerms:
+    """The coupling loss terms for step t of another trainer, drawn from frozen tables."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, pad_id: int) -> None:
+        self.cfg, self.data, self.pad_id = cfg, data, pad_id
+
+    @classmethod
+    def from_tables(cls, behavior: str, labels: str, tokenizer: Any, *, model: str | None = None,
+                    **keys: Any) -> CouplingTerms:
+        """From M0's BehaviorTable and the labels table; `keys` are any TrainConfig keys (weights, explanation_per_step,
+        behavior_per_step, precision, seed, ...), checked as a train config's are."""
+        from ..tables import read_meta
+
+        data = {"behavior": str(behavior), "labels": str(labels), "out_dir": "-",
+                "model": model or read_meta(behavior)["model_id"], **keys}
+        cfg = validate(build(TrainConfig, data, "CouplingTerms"), "CouplingTerms")
+        return cls(cfg, load_data(cfg, tokenizer, lambda message: None), tokenizer.pad_token_id)
+
+    @property
+    def weights(self) -> LossWeights:
+        return self.cfg.weights
+
+    def losses(self, model: Any, step: int, *, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+        """The unweighted terms at `step` (1-based), this process's share of the step's rows."""
+        e, p, c = step_rows(self.cfg, self.data, step, rank, world)
+        d, split = self.data, self.data.conc_pool is not None
+        b = np.concatenate([p, c]).astype(int)  # the KL's pairs, then the concurrent objective's own
+        with devices.autocast(self.cfg.precision, devices.of(model).type):
+            return step_losses(model, cfg=self.cfg, expl=[d.expl[i] for i in e], with_c=[d.with_c[i] for i in b],
+                               without_c=[d.without_c[i] for i in b], p_m0=d.p_m0[b], p_m0_without=d.p_m0_without[b],
+                               choice_ids=d.choice_ids, pad_id=self.pad_id,
+                               packed=min(len(e), len(p)) if self.cfg.pack else 0, gold=d.gold[b],
+                               kl_rows=np.r_[d.in_kl[p], np.zeros(len(c), bool)] if split else None,
+                               concurrent_rows=np.r_[np.zeros(len(p), bool), np.ones(len(c), bool)] if split else None)
+
+    def weighted(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(getattr(self.weights, k) * v for k, v in losses.items())
+
+
+def with_coupling(trainer_cls: type, terms: CouplingTerms) -> type:
+    """A subclass of `trainer_cls` (any transformers Trainer, e.g. trl.SFTTrainer or trl.DPOTrainer) whose training
+    loss is its own plus the weighted coupling terms at the current step."""
+
+    class Coupled(trainer_cls):  # type: ignore[misc, valid-type]
+        coupling = terms
+
+        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
+            if not model.training:
+                return out
+            loss, outputs = out if return_outputs else (out, None)
+            acc = getattr(self, "accelerator", None)
+            rank, world = (acc.process_index, acc.num_processes) if acc else (0, 1)
+            terms_now = self.coupling.losses(model, self.state.global_step + 1, rank=rank, world=world)
+            loss = loss + self.coupling.weighted(terms_now).to(loss.device)
+            record = {f"coupling/{k}": float(v.detach()) for k, v in terms_now.items()}
+            metrics = getattr(self, "_metrics", None)
+            if isinstance(metrics, dict) and "train" in metrics:  # TRL trainers average these into their log lines
+                for k, v in record.items():
+                    metrics["train"][k].append(v)
+            else:
+                self.coupling_log = [*getattr(self, "coupling_log", []), {"step": self.state.global_step + 1, **record}]
+            return (loss, outputs) if return_outputs else loss
+
+    Coupled.__name__ = f"Coupled{trainer_cls.__name__}"
+    return Coupled
+
+
+__all__ = ["CouplingTerms", "with_coupling"]

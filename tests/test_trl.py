@@ -1,0 +1,67 @@
+"""The TRL integration (integrations/trl.py): its coupling terms are the native trainer's, and a TRL SFTTrainer
+trains with them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from introspect.config import seed_everything
+from introspect.integrations.trl import CouplingTerms, with_coupling
+from introspect.models import load_model
+from introspect.train import TrainConfig, train
+from introspect.train.config import validate
+from introspect.train.trainer import build_model
+from introspect.typed import build
+
+KEYS = dict(weights={"explanation": 1.0, "behavior_kl": 0.5}, explanation_per_step=4, behavior_per_step=4,
+            precision="fp32", seed=0, lora={"rank": 8, "alpha": 16}, steps=1, warmup_steps=0, checkpoint_every=1,
+            probe_every=0)
+
+
+@pytest.mark.slow
+def test_the_terms_equal_the_native_trainers_first_step(tiny_tables: tuple[Path, Path], tmp_path: Path) -> None:
+    beh, lab = tiny_tables
+    cfg = validate(build(TrainConfig, {"behavior": str(beh), "labels": str(lab), "out_dir": str(tmp_path / "native"),
+                                       "model": "tiny-random", **KEYS}, "test"))
+    train(cfg)  # the native trainer: step 1's losses are logged at the weights before the update
+    native = json.loads((tmp_path / "native" / "metrics.jsonl").read_text().splitlines()[0])
+    seed_everything(cfg.seed)  # the same LoRA initialisation as the native trainer's
+    loaded = load_model("tiny-random", seed=cfg.seed, hash_weights=False)
+    model = build_model(cfg, loaded, None, lambda message: None)
+    terms = CouplingTerms.from_tables(beh, lab, loaded.tokenizer, **KEYS)
+    got = {k: float(v.detach()) for k, v in terms.losses(model, 1).items()}
+    assert set(got) == {"explanation", "behavior_kl"}
+    deltas = {k: abs(v - native[k]) for k, v in got.items()}
+    print(f"max |Δ loss| vs the native trainer's step 1: {max(deltas.values()):.2e} ({deltas})")
+    assert max(deltas.values()) < 1e-5, (got, native)
+    assert got["behavior_kl"] < 1e-4  # step 1 is M0 (LoRA B = 0): the KL to M0's own table is ~0 in fp32
+
+
+@pytest.mark.slow
+def test_an_sft_trainer_trains_with_coupling(tiny_tables: tuple[Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    beh, lab = tiny_tables
+    loaded = load_model("tiny-random", seed=0, hash_weights=False)
+    tok = loaded.tokenizer
+    terms = CouplingTerms.from_tables(beh, lab, tok, **KEYS)
+    data = Dataset.from_dict({"text": [f"Example {i}: the answer is (A)." for i in range(8)]})
+    args = SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=2, per_device_train_batch_size=2, logging_steps=1,
+                     report_to="none", use_cpu=True, save_strategy="no", max_length=32, learning_rate=1e-3,
+                     bf16=False, seed=0)
+    trainer = with_coupling(SFTTrainer, terms)(model=loaded.model, args=args, train_dataset=data,
+                                              processing_class=tok,
+                                              peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    logged = [row for row in trainer.state.log_history if "coupling/explanation" in row]
+    assert len(logged) == 2 and all(row["coupling/behavior_kl"] >= 0 for row in logged)
+    moved = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert moved, "the adapter did not train"
