@@ -33,11 +33,11 @@ check-report: $(STAMP)
 	$(BIN)/python scripts/check_report.py runs/demo/report.html --screenshot docs/report_screenshot.png
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/ruff check src tests scripts studies benchmarks
 	$(BIN)/python -m pytest
 
 test-quick: $(STAMP)
-	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/ruff check src tests scripts studies benchmarks
 	$(BIN)/python -m pytest -m "not integration and not slow"
 
 # The pre-registered reg vs no-reg experiment (docs/claims.md): lambda selection, then every arm, then the table.

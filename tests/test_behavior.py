@@ -92,7 +92,7 @@ def test_multi_token_choice_rejected(tiny: Loaded) -> None:
 
 def test_bad_precision(tiny: Loaded) -> None:
     with pytest.raises(UserError, match="--precision"):
-        behavior.score_prompts(tiny.model, [[1, 2, 3]], [5, 6], pad_id=0, precision="fp8")
+        behavior.score_groups(tiny.model, [[[1, 2, 3]]], [5, 6], pad_id=0, precision="fp8", share_root=False)
 
 
 def test_read_missing_table(tmp_path: Path) -> None:

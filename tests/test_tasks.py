@@ -4,7 +4,7 @@ import pytest
 
 from introspect.config import UserError
 from introspect.tasks import get_task
-from introspect.tasks.hint_mmlu import HINT, LETTERS
+from introspect.tasks.hint_mmlu import HINTS, LETTERS
 
 from conftest import write_mmlu
 
@@ -24,7 +24,7 @@ def test_hint_only_in_x(data_dir: Path) -> None:
     for p in task.pairs(data_dir, "val", 9, seed=0):
         user = p.messages[-1]["content"]
         user_without = p.messages_without[-1]["content"]
-        hint = HINT.format(letter=p.meta["hint_letter"])
+        hint = HINTS["curious"].format(letter=p.meta["hint_letter"])
         assert p.meta["hint_letter"] in LETTERS
         assert user.count("Hint:") == 1 and user.endswith(hint)
         assert "Hint" not in user_without and user == user_without + hint

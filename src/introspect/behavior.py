@@ -151,13 +151,6 @@ def cache_kwarg(module: Any) -> str:
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
-def score_prompts(model: Any, prompts: Sequence[Sequence[int]], choice_ids: Groups, *, pad_id: int,
-                  batch_size: int = 8, precision: str = "bf16", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Choice log-probs [N, C] and vocab argmax [N] at the last position of each prompt, each prompt alone."""
-    return score_groups(model, [[p] for p in prompts], choice_ids, pad_id=pad_id, rows_per_batch=batch_size,
-                        precision=precision, share_root=False, progress=progress)
-
-
 def margin(logp: np.ndarray) -> np.ndarray:
     """Top-1 minus top-2 log-prob per row (nats): the confidence of the argmax."""
     top2 = np.sort(logp, axis=1)[:, -2:]

@@ -15,7 +15,7 @@ label may be harmful/benign, unsafe/safe, harmful/unharmful, 1/0 or true/false);
 C is one claim from `CLAIMS`, drawn per pair, appended after the request. Behaviour is refuse vs comply, read from
 the first assistant token (reader "logit", the default): the probability of refusal openings versus compliance
 openings (`OPENINGS`), each side summed over its tokens and renormalised over the two. A second reader ("generate":
-a short greedy reply classified by `refusal_phrase`) is compared with it in `scripts/refusal_readers.py`.
+a short greedy reply classified by `refusal_phrase`) is compared with it in `studies/refusal_readers/refusal_readers.py`.
 """
 
 from __future__ import annotations

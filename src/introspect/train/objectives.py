@@ -18,7 +18,7 @@ def explanation(*, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the target tokens, mean over target tokens.
 
     `logits` [N, V] are the predictions *for* the N target tokens `targets` [N] (prompt positions are never passed
-    in: see `trainer.explanation_loss`, which runs the LM head on target positions only).
+    in: `step.tree_terms` runs the LM head on target positions only).
     """
     return F.cross_entropy(logits.float(), targets)
 

@@ -1,6 +1,6 @@
 """How close must two choices be before bf16 may flip them? Chooses config.VERIFY_MARGIN.
 
-    python scripts/bf16_margin_study.py --n 200 --out docs/bf16_margin_study.json
+    python studies/bf16_margin_study/bf16_margin_study.py --n 200 --out studies/bf16_margin_study/bf16_margin_study.json
 
 Scores the same pairs in bf16 and fp32 (shared-prefix path) and reports, per threshold t, how many pairs have a
 bf16 top-two margin below t on either side (`score_pairs` re-scores these pairs in fp32) and the per-prompt answer
@@ -23,7 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--task-format", default="paren")
-    ap.add_argument("--out", default="docs/bf16_margin_study.json")
+    ap.add_argument("--out", default="studies/bf16_margin_study/bf16_margin_study.json")
     args = ap.parse_args()
     loaded = load_model("smollm2-135m-instruct", hash_weights=False)
     task = get_task("hint-mmlu", format=args.task_format)

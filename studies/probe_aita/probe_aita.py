@@ -1,6 +1,6 @@
 """Compare AITA prompt variants on a real model: how often the stated opinion C moves the verdict.
 
-    python scripts/probe_aita.py --n 40        # ~20 s per variant on 2 cores
+    python studies/probe_aita/probe_aita.py --n 40        # ~20 s per variant on 2 cores
 
 Each variant sets the system prompt, the question, the stance sentences and how the verdict is read. The winner
 became the `verdict` format of tasks/aita.py (docs/tasks.md); `words` is the first format, kept for the record.

@@ -1,7 +1,7 @@
 """Step-0 regulariser check on SmolLM2 (docs/training.md): at step 0 the LoRA model *is* M0, so the KL the trainer
 computes against M0's BehaviorTable should be ~0 and the argmax should agree with the table.
 
-    python scripts/regulariser_step0.py --n 48
+    python studies/regulariser_step0/regulariser_step0.py --n 48
 
 Samples a BehaviorTable as a run does (`--table-precision`, default bf16: bf16 body, fp32 head, near-tie re-check
 in fp32), then computes the training step's choice log-probs for the same pairs (explanation, x and x∖C packed as
@@ -42,7 +42,7 @@ def main() -> None:
                     help="precision the BehaviorTable is sampled in (a run's `precision`)")
     ap.add_argument("--train-precision", choices=("bf16", "fp32"), default="bf16",
                     help="precision of the training step's body (a run's `precision`; fp32: no autocast)")
-    ap.add_argument("--out", default="docs/regulariser_step0.json")
+    ap.add_argument("--out", default="studies/regulariser_step0/regulariser_step0.json")
     args = ap.parse_args()
     seed_everything(0)
     loaded = load_model("smollm2-135m-instruct", hash_weights=False)

@@ -1,6 +1,6 @@
 """Compare Hint-MMLU prompt formats on a real model: no-hint answer spread, hint effect, answer margins.
 
-    python scripts/probe_formats.py --model smollm2-135m-instruct --n 200 --split val --out docs/format_probe.json
+    python studies/probe_formats/probe_formats.py --model smollm2-135m-instruct --n 200 --split val --out studies/probe_formats/format_probe.json
 
 Each format is sampled exactly (fp32) and in bf16; the bf16 agreement column says how often bf16 gives the
 same answer as fp32 on the same prompts. Results feed the format decision in docs/tasks.md.
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--split", default="val")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--formats", nargs="*", default=list(FORMATS))
-    ap.add_argument("--out", default="docs/format_probe.json")
+    ap.add_argument("--out", default="studies/probe_formats/format_probe.json")
     args = ap.parse_args()
     seed_everything(args.seed)
     loaded = load_model(args.model)

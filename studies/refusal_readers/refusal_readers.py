@@ -1,6 +1,6 @@
 """Compare the two refusal readers on the same prompts and print their agreement table.
 
-    python scripts/refusal_readers.py --n 100 --out docs/refusal_readers.json   # 100 pairs = 200 prompts
+    python studies/refusal_readers/refusal_readers.py --n 100 --out studies/refusal_readers/refusal_readers.json   # 100 pairs = 200 prompts
 
 Reader "logit": refusal vs compliance opening tokens at the first assistant position, once per opening set in
 tasks/refusal.py OPENINGS.
