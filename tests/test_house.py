@@ -128,3 +128,43 @@ def test_config_reference_is_current_and_every_field_is_documented() -> None:
     undocumented = [ln for ln in text.splitlines() if ln.endswith("| — |")]
     assert undocumented == [], "document these fields where they are defined"
     assert (SRC.parents[1] / "docs" / "config.md").read_text() == text, "run python scripts/config_docs.py"
+
+
+def test_compare_tells_identical_runs_from_different_ones(tmp_path: Path, capsys) -> None:
+    import json
+    import shutil
+
+    import pandas as pd
+
+    from introspect import cli
+    from introspect.tables import write_table
+
+    run = tmp_path / "a"
+    (run / "train").mkdir(parents=True)
+    (run / "eval" / "step_000001").mkdir(parents=True)
+    (run / "train" / "metrics.jsonl").write_text(json.dumps({"step": 1, "explanation": 1.5, "behavior_kl": 0.1}) + "\n")
+    score = {"value": 0.5, "ci": [0.4, 0.6]}
+    res = {"checkpoints": {"1": {"self": {"exact_match": score}, "orig": {"exact_match": score},
+                                 "self_minus_orig": {"exact_match": {"value": 0.0, "ci": [-0.1, 0.1]}}}}}
+    (run / "eval" / "results.json").write_text(json.dumps(res))
+    items = pd.DataFrame({"text": ["x", "y"], "answer": ["A", "B"], "answer_without": ["A", "C"]})
+    write_table(run / "eval" / "step_000001" / "items.parquet", items, {"inputs": {}})
+    shutil.copytree(run, tmp_path / "b")
+    assert cli.main(["compare", str(run), str(tmp_path / "b")]) == 0
+    items.loc[1, "answer"] = "C"
+    write_table(tmp_path / "b" / "eval" / "step_000001" / "items.parquet", items, {"inputs": {}})
+    assert cli.main(["compare", str(run), str(tmp_path / "b")]) == 1
+    assert "behaviour False" in capsys.readouterr().out
+    assert cli.main(["compare", str(run), str(tmp_path / "b" / "x.csv")]) == 2
+
+
+def test_compare_two_behaviour_tables(tiny_tables, tmp_path: Path) -> None:
+    import json
+
+    from introspect import cli
+
+    beh, _ = tiny_tables
+    out = tmp_path / "agreement.json"
+    assert cli.main(["compare", str(beh), str(beh), "--out", str(out)]) == 0
+    agreement = json.loads(out.read_text())["agreement"]
+    assert set(agreement.values()) == {1.0} and len(agreement) == 4

@@ -123,6 +123,20 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from . import compare
+
+    a, b = Path(args.a), Path(args.b)
+    if a.is_dir() and b.is_dir():
+        if args.out:
+            raise UserError("--out is for two BehaviorTables; two run directories are compared on the screen")
+        return 0 if compare.runs(a, b) else 1
+    if a.suffix == ".parquet" and b.suffix == ".parquet":
+        compare.behaviour(a, b, Path(args.out) if args.out else None)
+        return 0
+    raise UserError(f"compare takes two run directories or two BehaviorTables (.parquet), got {a} and {b}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import load_config, train
 
@@ -308,6 +322,12 @@ def add_run_parsers(sub: Any) -> None:
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
 
+    p = sub.add_parser("compare", help="two run directories (the same run?) or two BehaviorTables (agreement)")
+    p.add_argument("a", help="RUN_A or A.parquet")
+    p.add_argument("b", help="RUN_B or B.parquet")
+    p.add_argument("--out", default=None, help="two tables: also write the agreement as JSON here")
+    p.set_defaults(fn=cmd_compare)
+
     p = sub.add_parser("demo", help="the whole pipeline on the bundled SmolLM2 (configs/demo.yaml; time and memory: README)")
     p.add_argument("--config", default=str(REPO_ROOT / "configs" / "demo.yaml"))
     p.add_argument("--data-root", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or ../shared/data)")
@@ -320,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # a mistyped flag gets the usage of the subcommand it was meant for, not the top-level one
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        args.fn(args)
+        code = args.fn(args)
     except UserError as e:
         print(f"introspect {args.cmd}: error: {e}", file=sys.stderr)
         return 2
@@ -337,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"introspect {args.cmd}: error: a safetensors file could not be written or read ({e}): if the disk is "
               f"full, free space and run the same command again; a truncated checkpoint is re-made", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def os_error_line(e: OSError) -> str:
