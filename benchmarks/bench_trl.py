@@ -1,0 +1,128 @@
+"""introspect's own training step against TRL's, on the same examples, in one process: the cost of coupling for a TRL
+user, and introspect's step against a TRL SFTTrainer doing the same work.
+
+    python benchmarks/bench_trl.py runs/demo/train --steps 6 [--behavior-per-step 8] [--lam 0.3]
+
+Variants (LoRA r96 on the 7 projections, bf16 autocast, AdamW, lr 2e-4; 4 explanation examples per step):
+  native explanation-only   introspect's step (trainer.optimiser_step), weights {explanation: 1, behavior_kl: 0}
+  native coupling           the same + λ·KL(p_M0 ‖ p_θ) on --behavior-per-step pairs (packed prefix trees)
+  TRL SFT                   trl.SFTTrainer on the same labels as prompt/completion pairs (completion-only loss),
+                            per_device_train_batch_size 4
+  TRL SFT + coupling        the same with introspect.integrations.trl's KL term on --behavior-per-step pairs
+Each variant runs --warmup + --steps optimiser steps, twice (rounds in the order A B C D, then D C B A, so drift hits
+all alike); the step times (median over both rounds) give examples/s and the ratios. Writes
+benchmarks/results/bench_trl.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from introspect.config import seed_everything, set_threads, write_jsonl
+from introspect.models import load_model
+from introspect.tables import read_table
+from introspect.train import load_config
+from introspect.train import trainer as T
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def native(train_dir: Path, lam: float, per_step: int, steps: int) -> list[float]:
+    from accelerate import Accelerator
+
+    cfg = load_config(train_dir / "train_config.json", [f"weights.behavior_kl={lam}", f"behavior_per_step={per_step}",
+                                                         "explanation_per_step=4", "out_dir=/tmp/introspect_bench_trl",
+                                                         "probe_every=0", "monitor.every=0", "lr=2.0e-4"])
+    acc = Accelerator(cpu=True)
+    loop, _ = T.prepare(cfg, acc, False, lambda message: None)
+    times = []
+    for step in range(1, steps + 1):
+        t0 = time.perf_counter()
+        T.optimiser_step(acc, loop.model, loop.params, loop.opt, loop.sched, cfg, loop.weights, loop.data,
+                         T.step_rows(cfg, loop.data, step, 0, 1), loop.tok.pad_token_id)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def trl_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[float]:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from introspect.integrations.trl import CouplingTerms, with_coupling
+
+    seed_everything(0)
+    loaded = load_model("smollm2-135m-instruct", seed=0, hash_weights=False)
+    tok = loaded.tokenizer
+    lab, _ = read_table(train_dir / "labels.parquet")  # the explanation examples: the labels' own prompts and targets
+    rows = [{"prompt": json.loads(r.prompt), "completion": [{"role": "assistant", "content": r.target}]}
+            for r in lab.itertuples()]
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            times.append(time.perf_counter() - self.t0)
+
+    args = SFTConfig(output_dir="/tmp/introspect_bench_trl_sft", max_steps=steps, per_device_train_batch_size=4,
+                     learning_rate=2e-4, report_to="none", use_cpu=True, bf16=True, save_strategy="no",
+                     logging_steps=1000, max_length=1024, seed=0, dataloader_num_workers=0,
+                     gradient_checkpointing=False)  # TRL turns it on by default; introspect's step does not use it
+    cls = SFTTrainer
+    if lam > 0:
+        terms = CouplingTerms.from_tables(train_dir / "behavior.parquet", train_dir / "labels.parquet", tok,
+                                          weights={"explanation": 0.0, "behavior_kl": lam}, explanation_per_step=4,
+                                          behavior_per_step=per_step, precision="bf16")
+        cls = with_coupling(SFTTrainer, terms)
+    trainer = cls(model=loaded.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                  peft_config=LoraConfig(r=96, lora_alpha=192, target_modules=TARGETS), callbacks=[Clock()])
+    trainer.train()
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("train_dir", help="a run's train/ folder (behavior.parquet, labels.parquet, train_config.json)")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--behavior-per-step", type=int, default=8)
+    ap.add_argument("--lam", type=float, default=0.3)
+    ap.add_argument("--out", default="benchmarks/results/bench_trl.json")
+    args = ap.parse_args()
+    threads = set_threads()
+    d, n = Path(args.train_dir), args.warmup + args.steps
+    variants = {"native explanation-only": lambda: native(d, 0.0, args.behavior_per_step, n),
+                "native coupling": lambda: native(d, args.lam, args.behavior_per_step, n),
+                "TRL SFT": lambda: trl_run(d, 0.0, args.behavior_per_step, n),
+                "TRL SFT + coupling": lambda: trl_run(d, args.lam, args.behavior_per_step, n)}
+    got: dict[str, list[float]] = {k: [] for k in variants}
+    for order in (list(variants), list(reversed(variants))):
+        for name in order:
+            got[name] += variants[name]()[args.warmup:]
+            print(f"  {name}: {statistics.median(got[name]):.2f} s/step so far", flush=True)
+    med = {k: statistics.median(v) for k, v in got.items()}
+    rows = [{"variant": k, "s_per_step_median": round(v, 3), "explanation_examples_per_s": round(4 / v, 3),
+             "steps": got[k], "behavior_per_step": args.behavior_per_step if "coupling" in k else 0, "lam": args.lam,
+             "threads": threads} for k, v in med.items()]
+    ratios = {"native/TRL, explanation only (examples/s)": med["TRL SFT"] / med["native explanation-only"],
+              "native/TRL, coupling step (examples/s)": med["TRL SFT + coupling"] / med["native coupling"],
+              "TRL + coupling / TRL (time per step: the cost of coupling in TRL)": med["TRL SFT + coupling"] / med["TRL SFT"],
+              "native coupling / native explanation-only (time per step)": med["native coupling"] / med["native explanation-only"]}
+    for r in rows:
+        print(f"{r['variant']:<26} {r['s_per_step_median']:6.2f} s/step  {r['explanation_examples_per_s']:.2f} examples/s")
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}x")
+    write_jsonl(args.out, [*rows, {k: round(v, 3) for k, v in ratios.items()}])
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
