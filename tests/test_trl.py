@@ -65,3 +65,70 @@ def test_an_sft_trainer_trains_with_coupling(tiny_tables: tuple[Path, Path], tmp
     assert len(logged) == 2 and all(row["coupling/behavior_kl"] >= 0 for row in logged)
     moved = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert moved, "the adapter did not train"
+
+
+def monitor_table(tiny, data_dir: Path, out: Path) -> Path:
+    """M0's behaviour on 4 held-out (dev) pairs: the monitor's pairs."""
+    from introspect import behavior
+    from introspect import tables as tbl
+    from introspect.tasks import get_task
+
+    task = get_task("hint-mmlu")
+    pairs = task.pairs(data_dir, "dev", 4, seed=0)
+    df, _ = behavior.sample_behavior(tiny.model, tiny.tokenizer, task, pairs, precision="fp32", progress=False)
+    meta = tbl.table_meta(model_id="tiny-random", weights_hash=tiny.weights_hash, task=task, pairs=pairs, seed=0,
+                          split="dev", precision="fp32", verify_margin=0.0)
+    tbl.write_table(out, df, meta)
+    return out
+
+
+def sft_with_callback(tables: tuple[Path, Path], mon_pairs: Path, tmp_path: Path, monitor: dict, steps: int = 2):
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from introspect.integrations.trl import coupling_callback
+
+    beh, lab = tables
+    loaded = load_model("tiny-random", seed=0, hash_weights=False)
+    terms = CouplingTerms.from_tables(beh, lab, loaded.tokenizer,
+                                      **{**KEYS, "monitor": {"every": 1, "n": 4, "pairs": str(mon_pairs), **monitor}})
+    callback = coupling_callback(terms, loaded.tokenizer, out_dir=str(tmp_path / "out"), say=lambda message: None)
+    args = SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=steps, per_device_train_batch_size=2, report_to="none",
+                     use_cpu=True, save_strategy="no", max_length=32, learning_rate=1e-3, bf16=False, seed=0,
+                     logging_steps=1, gradient_checkpointing=False)
+    trainer = with_coupling(SFTTrainer, terms)(
+        model=loaded.model, args=args, processing_class=loaded.tokenizer, callbacks=[callback],
+        train_dataset=Dataset.from_dict({"text": [f"Example {i}: the answer is (A)." for i in range(8)]}),
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    return trainer, callback, terms, before
+
+
+@pytest.mark.slow
+def test_the_callbacks_policies_fire_on_a_violated_condition(tiny, tiny_tables, data_dir: Path, tmp_path: Path) -> None:
+    """An unreachable agreement bar (1.5) is a violated condition at every check: stop ends training at the first
+    check and restores M0's adapter; rollback raises λ and then stops after max_rollbacks; a bar of 0 never fires."""
+    pytest.importorskip("trl")
+    mon = monitor_table(tiny, data_dir, tmp_path / "monitor.parquet")
+    trainer, cb, _, before = sft_with_callback(tiny_tables, mon, tmp_path / "stop",
+                                               {"policy": "stop", "min_agreement": 1.5}, steps=3)
+    assert [d["action"] for d in cb.decisions] == ["stop"] and trainer.state.global_step == 1
+    assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if p.requires_grad)
+
+    trainer, cb, terms, _ = sft_with_callback(tiny_tables, mon, tmp_path / "rollback",
+                                              {"policy": "rollback", "min_agreement": 1.5, "max_rollbacks": 1}, steps=3)
+    assert [d["action"] for d in cb.decisions] == ["rollback", "stop"]
+    assert terms.weights.behavior_kl == pytest.approx(1.0)  # max(λ 0.5, floor 0.1) x lambda_factor 2
+
+    trainer, cb, _, before = sft_with_callback(tiny_tables, mon, tmp_path / "warn", {"policy": "warn", "min_agreement": 0.0})
+    assert [d["action"] for d in cb.decisions] == ["ok", "ok"] and trainer.state.global_step == 2
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if p.requires_grad)
+    from introspect.checkpoints import applied, complete, meta
+
+    done = complete(tmp_path / "warn" / "out" / "checkpoints")
+    assert [s for s, _ in done] == [1, 2] and meta(done[-1][1])["trainer"] == "trl"
+    base = load_model("tiny-random", seed=0)
+    with applied(base, done[-1][1], "lora") as model:  # introspect reads the checkpoint (content hashes checked)
+        assert type(model).__name__ == "PeftModelForCausalLM" or hasattr(model, "peft_config")

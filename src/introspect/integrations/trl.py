@@ -14,19 +14,23 @@ answer positions), on the rows introspect's trainer would draw at that step ((se
 BehaviorTable, so no reference model and no extra forward are needed for the KL. Each term is logged beside the
 host's metrics (`coupling/explanation`, `coupling/behavior_kl`).
 
-Not covered yet (issue 25): the coupling monitor as a TrainerCallback, checkpoints in introspect's layout, the DPO
-example and its benchmark.
+`CouplingCallback` runs the coupling monitor (train.monitor: warn / stop / rollback / adapt, on held-out pairs) every
+`monitor.every` steps and writes checkpoints in introspect's layout (`checkpoints.save`: weights, optimiser state,
+meta.json with the inputs) every `checkpoint_every` steps. Not covered yet (issue 25): the DPO example and its
+benchmark.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .. import devices
-from ..train.config import LossWeights, TrainConfig, validate
+from ..train.config import LossWeights, TrainConfig, to_dict, validate
 from ..train.step import step_losses
 from ..train.trainer import TrainData, load_data, step_rows
 from ..typed import build
@@ -102,4 +106,52 @@ def with_coupling(trainer_cls: type, terms: CouplingTerms) -> type:
     return Coupled
 
 
-__all__ = ["CouplingTerms", "with_coupling"]
+def coupling_callback(terms: CouplingTerms, tokenizer: Any, *, out_dir: str | None = None, say: Any = print) -> Any:
+    """A transformers TrainerCallback that runs the coupling monitor of `terms.cfg.monitor` (policies as in the native
+    trainer; λ of the terms follows adapt/rollback) and, with `out_dir`, writes OUT_DIR/checkpoints/step_N every
+    `checkpoint_every` steps. Under TRL a rollback restores the weights, optimiser and schedule of the last good state
+    but the trainer's step counter goes on (TRL's loop cannot step back)."""
+    from transformers import TrainerCallback
+
+    from .. import checkpoints
+    from ..train.monitor import CouplingMonitor
+    from ..train.trainer import train_inputs
+
+    cfg = terms.cfg
+    mon = CouplingMonitor(cfg, tokenizer, terms.data.task, {p.id for p in terms.data.pairs}, say) if cfg.monitor.every else None
+
+    class CouplingCallback(TrainerCallback):
+        monitor, decisions = mon, []
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                           lr_scheduler: Any = None, **kw: Any) -> None:
+            if mon:
+                mon.remember(state.global_step, model, optimizer, lr_scheduler)  # M0 meets the condition
+
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                        lr_scheduler: Any = None, **kw: Any) -> None:
+            step = state.global_step
+            if mon and mon.due(step, state.max_steps):
+                values, decision = mon.check(step, model, None)
+                model.train()
+                terms.cfg = dataclasses.replace(terms.cfg, weights=dataclasses.replace(terms.weights, behavior_kl=decision.lam))
+                self.decisions.append({**decision.record(step, cfg.monitor), "monitor": values})
+                if decision.action in ("ok", "lower_lambda"):
+                    mon.remember(step, model, optimizer, lr_scheduler)
+                elif decision.action == "stop":
+                    mon.roll_back(model, optimizer, lr_scheduler, 1.0)
+                    control.should_training_stop = True
+                    return
+                elif decision.action == "rollback":
+                    mon.roll_back(model, optimizer, lr_scheduler, decision.lr_scale)
+            if out_dir and (step % cfg.checkpoint_every == 0 or step == state.max_steps):
+                info = {"step": step, "config": to_dict(cfg), "inputs": train_inputs(cfg), "model_id": cfg.model,
+                        "task": terms.data.beh_meta["task"], "task_options": terms.data.beh_meta["task_options"],
+                        "monitor_state": mon.state() if mon else None, "trainer": "trl"}
+                path = checkpoints.save(model, optimizer, lr_scheduler, Path(out_dir) / "checkpoints", step, info)
+                say(f"[coupling] saved {path}")
+
+    return CouplingCallback()
+
+
+__all__ = ["CouplingTerms", "coupling_callback", "with_coupling"]
