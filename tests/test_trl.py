@@ -132,3 +132,24 @@ def test_the_callbacks_policies_fire_on_a_violated_condition(tiny, tiny_tables, 
     base = load_model("tiny-random", seed=0)
     with applied(base, done[-1][1], "lora") as model:  # introspect reads the checkpoint (content hashes checked)
         assert type(model).__name__ == "PeftModelForCausalLM" or hasattr(model, "peft_config")
+
+
+@pytest.mark.slow
+def test_dpo_with_coupling_trains_checkpoints_and_is_evaluated(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("trl")
+    import json
+
+    from conftest import write_tiny_run_config
+
+    from introspect import cli
+    from introspect.checkpoints import complete, meta
+
+    cfg = write_tiny_run_config(tmp_path, train={"steps": 2, "checkpoint_every": 1, "lora": {"rank": 8, "alpha": 16}},
+                                evaluate={"baselines": False})
+    assert cli.main(["dpo", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "preference pairs" in out and "Self−Orig" in out
+    done = complete(tmp_path / "run" / "train" / "checkpoints")
+    assert [s for s, _ in done] == [1, 2] and meta(done[-1][1])["inputs"]["trainer"] == "trl"
+    res = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    assert sorted(res["checkpoints"], key=int) == ["0", "1", "2"] and "verdict" in res["checkpoints"]["2"]

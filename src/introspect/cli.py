@@ -123,6 +123,20 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cmd_dpo(args: argparse.Namespace) -> None:
+    import json
+
+    from .integrations import dpo
+    from .report import headline
+    from .run_config import load_run_config
+
+    if args.beta <= 0:
+        raise UserError(f"--beta must be > 0, got {args.beta}")
+    out = dpo.run(load_run_config(args.config, list(args.set)), beta=args.beta)
+    print(f"[dpo] wrote {out}")
+    print(headline(json.loads(out.read_text())))
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from . import compare
 
@@ -321,6 +335,13 @@ def add_run_parsers(sub: Any) -> None:
     p = sub.add_parser("report", help="report.html, summary.md and figures/ for an evaluated run")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("dpo", help="TRL DPO for sycophancy reduction with coupling on, then evaluate (docs/trl.md; "
+                       "needs the [trl] extra)")
+    p.add_argument("config", help="a run config (its train section sets the DPO run and the coupling terms)")
+    p.add_argument("--beta", type=float, default=0.1, help="DPO's beta (strength of the preference against the reference)")
+    add_set_flag(p)
+    p.set_defaults(fn=cmd_dpo)
 
     p = sub.add_parser("compare", help="two run directories (the same run?) or two BehaviorTables (agreement)")
     p.add_argument("a", help="RUN_A or A.parquet")

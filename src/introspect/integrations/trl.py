@@ -145,7 +145,8 @@ def coupling_callback(terms: CouplingTerms, tokenizer: Any, *, out_dir: str | No
                 elif decision.action == "rollback":
                     mon.roll_back(model, optimizer, lr_scheduler, decision.lr_scale)
             if out_dir and (step % cfg.checkpoint_every == 0 or step == state.max_steps):
-                info = {"step": step, "config": to_dict(cfg), "inputs": train_inputs(cfg), "model_id": cfg.model,
+                info = {"step": step, "config": to_dict(cfg), "model_id": cfg.model,
+                        "inputs": {**train_inputs(cfg), "trainer": "trl"},  # never current for introspect's own trainer
                         "task": terms.data.beh_meta["task"], "task_options": terms.data.beh_meta["task_options"],
                         "monitor_state": mon.state() if mon else None, "trainer": "trl"}
                 path = checkpoints.save(model, optimizer, lr_scheduler, Path(out_dir) / "checkpoints", step, info)
