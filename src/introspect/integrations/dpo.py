@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .. import devices
 from ..config import UserError, atomic_path, seed_everything
 from ..locking import locked
 from ..run_config import RunConfig
@@ -62,7 +63,7 @@ def run(cfg: RunConfig, *, beta: float = 0.1) -> Path:
         terms = CouplingTerms.from_tables(beh, lab, loaded.tokenizer, precision=cfg.precision, seed=cfg.seed, **keys)
         args = DPOConfig(output_dir=str(cfg.path("train", "trl")), max_steps=tc.steps, learning_rate=tc.lr,
                          per_device_train_batch_size=min(4, len(rows)), beta=beta, report_to="none",
-                         use_cpu=True, bf16=cfg.precision == "bf16", save_strategy="no", logging_steps=1, seed=cfg.seed,
+                         use_cpu=devices.resolve(cfg.device) == "cpu", bf16=cfg.precision == "bf16", save_strategy="no", logging_steps=1, seed=cfg.seed,
                          gradient_checkpointing=False, warmup_steps=tc.warmup_steps, max_length=tc.max_length)
         lora = LoraConfig(r=tc.lora.rank, lora_alpha=tc.lora.alpha, lora_dropout=tc.lora.dropout,
                           target_modules=list(tc.lora.target_modules))
