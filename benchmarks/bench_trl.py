@@ -2,6 +2,7 @@
 user, and introspect's step against a TRL SFTTrainer doing the same work.
 
     python benchmarks/bench_trl.py runs/demo/train --steps 6 [--behavior-per-step 8] [--lam 0.3]
+    python benchmarks/bench_trl.py runs/demo/train --dpo --steps 4    # TRL DPO with vs without the coupling terms
 
 Variants (LoRA r96 on the 7 projections, bf16 autocast, AdamW, lr 2e-4; 4 explanation examples per step):
   native explanation-only   introspect's step (trainer.optimiser_step), weights {explanation: 1, behavior_kl: 0}
@@ -88,6 +89,46 @@ def trl_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[floa
     return times
 
 
+def dpo_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[float]:
+    """TRL DPOTrainer on the preference pairs of `introspect dpo` (4 per step), with or without the coupling terms
+    (explanation + KL: the whole coupling objective, since DPO's loss has no explanation term)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from introspect.integrations.dpo import preference_rows
+    from introspect.integrations.trl import CouplingTerms, with_coupling
+    from introspect.tables import task_of
+
+    seed_everything(0)
+    loaded = load_model("smollm2-135m-instruct", seed=0, hash_weights=False)
+    beh = train_dir / "behavior.parquet"
+    rows = preference_rows(beh, task_of(read_table(beh)[1]))
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            times.append(time.perf_counter() - self.t0)
+
+    args = DPOConfig(output_dir="/tmp/introspect_bench_trl_dpo", max_steps=steps, per_device_train_batch_size=4,
+                     learning_rate=2e-4, report_to="none", use_cpu=True, bf16=True, save_strategy="no",
+                     logging_steps=1000, seed=0, gradient_checkpointing=False)
+    cls = DPOTrainer
+    if lam > 0:
+        terms = CouplingTerms.from_tables(beh, train_dir / "labels.parquet", loaded.tokenizer,
+                                          weights={"explanation": 1.0, "behavior_kl": lam}, explanation_per_step=4,
+                                          behavior_per_step=per_step, precision="bf16")
+        cls = with_coupling(DPOTrainer, terms)
+    trainer = cls(model=loaded.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=loaded.tokenizer,
+                  peft_config=LoraConfig(r=96, lora_alpha=192, target_modules=TARGETS), callbacks=[Clock()])
+    trainer.train()
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("train_dir", help="a run's train/ folder (behavior.parquet, labels.parquet, train_config.json)")
@@ -95,10 +136,14 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--behavior-per-step", type=int, default=8)
     ap.add_argument("--lam", type=float, default=0.3)
-    ap.add_argument("--out", default="benchmarks/results/bench_trl.json")
+    ap.add_argument("--dpo", action="store_true", help="time TRL DPO with and without the coupling terms instead")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/bench_trl.json (bench_trl_dpo.json with --dpo)")
     args = ap.parse_args()
     threads = set_threads()
     d, n = Path(args.train_dir), args.warmup + args.steps
+    out = args.out or f"benchmarks/results/bench_trl{'_dpo' if args.dpo else ''}.json"
+    if args.dpo:
+        return dpo_main(args, d, n, out, threads)
     variants = {"native explanation-only": lambda: native(d, 0.0, args.behavior_per_step, n),
                 "native coupling": lambda: native(d, args.lam, args.behavior_per_step, n),
                 "TRL SFT": lambda: trl_run(d, 0.0, args.behavior_per_step, n),
@@ -120,8 +165,25 @@ def main() -> None:
         print(f"{r['variant']:<26} {r['s_per_step_median']:6.2f} s/step  {r['explanation_examples_per_s']:.2f} examples/s")
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
-    write_jsonl(args.out, [*rows, {k: round(v, 3) for k, v in ratios.items()}])
-    print(f"wrote {args.out}")
+    write_jsonl(out, [*rows, {k: round(v, 3) for k, v in ratios.items()}])
+    print(f"wrote {out}")
+
+
+def dpo_main(args: argparse.Namespace, d: Path, n: int, out: str, threads: int) -> None:
+    got: dict[str, list[float]] = {"TRL DPO": [], "TRL DPO + coupling": []}
+    for order in (["TRL DPO", "TRL DPO + coupling"], ["TRL DPO + coupling", "TRL DPO"]):
+        for name in order:
+            got[name] += dpo_run(d, args.lam if "coupling" in name else 0.0, args.behavior_per_step, n)[args.warmup:]
+            print(f"  {name}: {statistics.median(got[name]):.2f} s/step so far", flush=True)
+    med = {k: statistics.median(v) for k, v in got.items()}
+    ratio = med["TRL DPO + coupling"] / med["TRL DPO"]
+    for k, v in med.items():
+        print(f"{k:<22} {v:6.2f} s/step (4 preference pairs)")
+    print(f"TRL DPO + coupling / TRL DPO (time per step: the cost of coupling in DPO): {ratio:.2f}x")
+    write_jsonl(out, [*({"variant": k, "s_per_step_median": round(v, 3), "steps": got[k], "lam": args.lam,
+                         "behavior_per_step": args.behavior_per_step, "threads": threads} for k, v in med.items()),
+                      {"TRL DPO + coupling / TRL DPO": round(ratio, 3)}])
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
