@@ -67,6 +67,10 @@ def test_init_add_show_diff_round_trip(frozen, tmp_path: Path, capsys: pytest.Ca
     capsys.readouterr()
     assert cli.main(["audit", "init", str(path), "--pairs", str(frozen["pairs"]), "--labels", str(noisy)]) == 2
     assert "already freezes another explanation set" in capsys.readouterr().err
+    # a BehaviorTable given as --labels (no changed/letter columns): one line naming the flag, not a traceback
+    assert cli.main(["audit", "init", str(tmp_path / "other.sqlite"), "--pairs", str(frozen["pairs"]), "--labels",
+                     str(frozen["pairs"])]) == 2
+    assert "--labels takes a labels table" in capsys.readouterr().err
     assert cli.main(["audit", "diff", str(path), "m0", "v9"]) == 2
     with pytest.raises(UserError, match="already has a version tagged 'v2'"):
         audit.add(path, "tiny-random", tag="v2", precision="fp32", n_boot=10, max_new_tokens=4)

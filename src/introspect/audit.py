@@ -36,6 +36,10 @@ def init(path: Path, pairs_table: Path, labels_table: Path, n: int = 0) -> str:
         raise UserError(f"--n {n}: {pairs_table} has {len(beh)} pairs")
     beh = beh.iloc[:n or len(beh)].reset_index(drop=True)
     lab, _ = read_table(labels_table)
+    absent = [c for c in ("pair_id", "changed", "letter") if c not in lab.columns]
+    if absent:
+        raise UserError(f"{labels_table} has no column(s) {', '.join(absent)}: --labels takes a labels table from "
+                        f"`introspect label --behavior B.parquet --out L.parquet`, not a BehaviorTable")
     missing = sorted(set(beh["pair_id"]) - set(lab["pair_id"]))
     if missing:
         raise UserError(f"{labels_table}: no label for {len(missing)} pair(s) of {pairs_table}, e.g. {missing[0]!r}")
