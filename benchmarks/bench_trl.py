@@ -26,11 +26,28 @@ from typing import Any
 
 from introspect.config import seed_everything, set_threads, write_jsonl
 from introspect.models import load_model
-from introspect.tables import read_table
+from introspect.tables import read_meta, read_table
 from introspect.train import load_config
 from introspect.train import trainer as T
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def StepClock() -> Any:
+    """A TrainerCallback that records each optimiser step's wall time in `.times`."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            self.times.append(time.perf_counter() - self.t0)
+
+    return Clock()
 
 
 def native(train_dir: Path, lam: float, per_step: int, steps: int) -> list[float]:
@@ -53,7 +70,6 @@ def native(train_dir: Path, lam: float, per_step: int, steps: int) -> list[float
 def trl_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[float]:
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from introspect.integrations.trl import CouplingTerms, with_coupling
@@ -64,14 +80,7 @@ def trl_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[floa
     lab, _ = read_table(train_dir / "labels.parquet")  # the explanation examples: the labels' own prompts and targets
     rows = [{"prompt": json.loads(r.prompt), "completion": [{"role": "assistant", "content": r.target}]}
             for r in lab.itertuples()]
-    times: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *a: Any, **k: Any) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *a: Any, **k: Any) -> None:
-            times.append(time.perf_counter() - self.t0)
+    clock = StepClock()
 
     args = SFTConfig(output_dir="/tmp/introspect_bench_trl_sft", max_steps=steps, per_device_train_batch_size=4,
                      learning_rate=2e-4, report_to="none", use_cpu=True, bf16=True, save_strategy="no",
@@ -84,9 +93,9 @@ def trl_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[floa
                                           behavior_per_step=per_step, precision="bf16")
         cls = with_coupling(SFTTrainer, terms)
     trainer = cls(model=loaded.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                  peft_config=LoraConfig(r=96, lora_alpha=192, target_modules=TARGETS), callbacks=[Clock()])
+                  peft_config=LoraConfig(r=96, lora_alpha=192, target_modules=TARGETS), callbacks=[clock])
     trainer.train()
-    return times
+    return clock.times
 
 
 def dpo_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[float]:
@@ -94,7 +103,6 @@ def dpo_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[floa
     (explanation + KL: the whole coupling objective, since DPO's loss has no explanation term)."""
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from introspect.integrations.dpo import preference_rows
@@ -104,15 +112,8 @@ def dpo_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[floa
     seed_everything(0)
     loaded = load_model("smollm2-135m-instruct", seed=0, hash_weights=False)
     beh = train_dir / "behavior.parquet"
-    rows = preference_rows(beh, task_of(read_table(beh)[1]))
-    times: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *a: Any, **k: Any) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *a: Any, **k: Any) -> None:
-            times.append(time.perf_counter() - self.t0)
+    rows = preference_rows(beh, task_of(read_meta(beh)))
+    clock = StepClock()
 
     args = DPOConfig(output_dir="/tmp/introspect_bench_trl_dpo", max_steps=steps, per_device_train_batch_size=4,
                      learning_rate=2e-4, report_to="none", use_cpu=True, bf16=True, save_strategy="no",
@@ -124,9 +125,9 @@ def dpo_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[floa
                                           behavior_per_step=per_step, precision="bf16")
         cls = with_coupling(DPOTrainer, terms)
     trainer = cls(model=loaded.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=loaded.tokenizer,
-                  peft_config=LoraConfig(r=96, lora_alpha=192, target_modules=TARGETS), callbacks=[Clock()])
+                  peft_config=LoraConfig(r=96, lora_alpha=192, target_modules=TARGETS), callbacks=[clock])
     trainer.train()
-    return times
+    return clock.times
 
 
 def main() -> None:

@@ -73,3 +73,23 @@ def test_the_experiment_tables_re_make_from_the_archives(spec: str, results: str
     made = json.loads((tmp_path / "docs" / f"{results}.json").read_text())
     assert made == json.loads((ROOT / "docs" / f"{results}.json").read_text())
     assert made["decision"] in ("supported", "refuted", "inconclusive") or made["decision"].startswith("not a valid")
+
+
+def test_the_claims_wrapper_lambda_never_runs_arms(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """`scripts/claims.py lambda` is the λ selection alone: with λ* recorded it skips, and it never starts an arm."""
+    import importlib.util
+    import sys
+
+    from introspect import cli
+
+    spec = importlib.util.spec_from_file_location("claims_wrapper", ROOT / "scripts" / "claims.py")
+    wrapper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wrapper)
+    monkeypatch.setattr(cli, "main", lambda argv: pytest.fail(f"claims.py lambda called introspect {argv}"))
+    monkeypatch.setattr(sys, "argv", ["claims.py", "lambda"])
+    here = os.getcwd()
+    try:
+        assert wrapper.main() == 0
+    finally:
+        os.chdir(here)
+    assert "lambda* is recorded in docs/claims_lambda.json" in capsys.readouterr().out

@@ -19,7 +19,7 @@ from .. import devices
 from ..config import UserError, atomic_path, seed_everything
 from ..locking import locked
 from ..run_config import RunConfig
-from ..tables import read_table, task_of
+from ..tables import read_meta, read_table, task_of
 from ..typed import to_dict
 
 
@@ -53,7 +53,7 @@ def run(cfg: RunConfig, *, beta: float = 0.1) -> Path:
             tmp.write_text(json.dumps(to_dict(cfg), indent=2))
         beh = sample.run(sample.from_run(cfg), cfg.path("train", "behavior.parquet"))
         lab = label.run(label.LabelSpec(beh, cfg.label_noise, cfg.seed), cfg.path("train", "labels.parquet"))
-        task = task_of(read_table(beh)[1])
+        task = task_of(read_meta(beh))  # the table's provenance only; preference_rows reads its rows
         rows = preference_rows(beh, task)
         if not rows:
             raise UserError(f"{beh}: no training pair whose answer the feature changes: nothing for DPO to prefer")

@@ -26,13 +26,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .. import devices
 from ..train.config import LossWeights, TrainConfig, to_dict, validate
-from ..train.step import step_losses
-from ..train.trainer import TrainData, load_data, step_rows
+from ..train.trainer import TrainData, load_data, rows_losses, step_rows
 from ..typed import build
 
 
@@ -60,16 +58,9 @@ class CouplingTerms:
 
     def losses(self, model: Any, step: int, *, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
         """The unweighted terms at `step` (1-based), this process's share of the step's rows."""
-        e, p, c = step_rows(self.cfg, self.data, step, rank, world)
-        d, split = self.data, self.data.conc_pool is not None
-        b = np.concatenate([p, c]).astype(int)  # the KL's pairs, then the concurrent objective's own
+        rows = step_rows(self.cfg, self.data, step, rank, world)
         with devices.autocast(self.cfg.precision, devices.of(model).type):
-            return step_losses(model, cfg=self.cfg, expl=[d.expl[i] for i in e], with_c=[d.with_c[i] for i in b],
-                               without_c=[d.without_c[i] for i in b], p_m0=d.p_m0[b], p_m0_without=d.p_m0_without[b],
-                               choice_ids=d.choice_ids, pad_id=self.pad_id,
-                               packed=min(len(e), len(p)) if self.cfg.pack else 0, gold=d.gold[b],
-                               kl_rows=np.r_[d.in_kl[p], np.zeros(len(c), bool)] if split else None,
-                               concurrent_rows=np.r_[np.zeros(len(p), bool), np.ones(len(c), bool)] if split else None)
+            return rows_losses(model, self.cfg, self.data, rows, self.pad_id)
 
     def weighted(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(getattr(self.weights, k) * v for k, v in losses.items())

@@ -198,28 +198,36 @@ def step_rows(cfg: TrainConfig, data: TrainData, step: int, rank: int, world: in
     return e_idx[rank::world], p_idx[rank::world], c_idx[rank::world]
 
 
+def rows_losses(model: Any, cfg: TrainConfig, data: TrainData, rows: tuple[np.ndarray, ...],
+                pad_id: int) -> dict[str, torch.Tensor]:
+    """The loss terms of explanation rows e, behaviour rows p and concurrent-objective rows c (`step.step_losses`):
+    the native step's and the TRL integration's one way to turn a step's rows into losses."""
+    e, p, c = rows
+    b = np.concatenate([p, c]).astype(int)  # the KL's pairs, then the concurrent objective's own
+    split = data.conc_pool is not None
+    return step_losses(model, cfg=cfg, expl=[data.expl[i] for i in e], with_c=[data.with_c[i] for i in b],
+                       without_c=[data.without_c[i] for i in b], p_m0=data.p_m0[b], p_m0_without=data.p_m0_without[b],
+                       choice_ids=data.choice_ids, pad_id=pad_id,
+                       packed=min(len(e), len(p)) if cfg.pack else 0,  # draw() aligns them
+                       gold=data.gold[b],
+                       kl_rows=np.r_[data.in_kl[p], np.zeros(len(c), bool)] if split else None,
+                       concurrent_rows=np.r_[np.zeros(len(p), bool), np.ones(len(c), bool)] if split else None)
+
+
 def optimiser_step(acc: Any, model: Any, params: list, opt: Any, sched: Any, cfg: TrainConfig, weights: Any,
                    data: TrainData, rows: tuple[np.ndarray, ...], pad_id: int) -> tuple[dict[str, float], int, float]:
     """Forward/backward over `grad_accum` micro-batches of `rows`, clip, step: (mean loss terms, tokens, grad norm)."""
     e_idx, p_idx, c_idx = rows
     step_cfg = dataclasses.replace(cfg, weights=weights)  # λ may move under the monitor's adapt/rollback policies
-    split_rows = data.conc_pool is not None
     totals: dict[str, float] = {}
     tokens = 0
     for micro in range(cfg.grad_accum):
         e_mb, p_mb = e_idx[micro::cfg.grad_accum], p_idx[micro::cfg.grad_accum]
         c_mb = c_idx[micro::cfg.grad_accum]
-        b_mb = np.concatenate([p_mb, c_mb]).astype(int)  # the KL's pairs, then the concurrent objective's own
+        b_mb = np.concatenate([p_mb, c_mb]).astype(int)
         sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext()
         with sync, devices.autocast(cfg.precision, acc.device.type):
-            losses = step_losses(model, cfg=step_cfg, expl=[data.expl[i] for i in e_mb],
-                                 with_c=[data.with_c[i] for i in b_mb], without_c=[data.without_c[i] for i in b_mb],
-                                 p_m0=data.p_m0[b_mb], p_m0_without=data.p_m0_without[b_mb],
-                                 choice_ids=data.choice_ids, pad_id=pad_id,
-                                 packed=min(len(e_mb), len(p_mb)) if cfg.pack else 0,  # draw() aligns them
-                                 gold=data.gold[b_mb],
-                                 kl_rows=np.r_[data.in_kl[p_mb], np.zeros(len(c_mb), bool)] if split_rows else None,
-                                 concurrent_rows=np.r_[np.zeros(len(p_mb), bool), np.ones(len(c_mb), bool)] if split_rows else None)
+            losses = rows_losses(model, step_cfg, data, (e_mb, p_mb, c_mb), pad_id)
             loss = sum(getattr(weights, k) * v for k, v in losses.items()) / cfg.grad_accum
             acc.backward(loss)
         for k, v in losses.items():
