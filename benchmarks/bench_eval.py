@@ -1,14 +1,16 @@
-"""Checkpoint evaluation cost, side by side in one run: explanations/s of today's path (the LoRA adapter applied
-unmerged, weights cast by autocast on every call) against merged evaluation weights (merged.py), on the same items.
+"""Checkpoint evaluation cost, side by side in one run: explanations/s of the first path (the LoRA adapter applied
+unmerged, weights cast by autocast on every call; explanations by HF `generate`, then behaviour re-sampled apart)
+against merged evaluation weights (merged.py), and merged + the one-pass evaluation (joint.py: explanation prompt,
+x and x∖C as one prefix-tree row, the explanation decoded from its cache), on the same items.
 
     python benchmarks/bench_eval.py --run runs/demo --n 52            # a run's last checkpoint, its eval pairs
     python benchmarks/bench_eval.py --run runs/demo --pairs P.parquet --n 192   # more pairs of the same task
 
-Per method and chunk of pairs: greedy explanation generation (evaluate.generate) and the re-sampling of B(M_t) on x
-and x∖C (behavior.sample_behavior), exactly what `evaluate_one` does for a checkpoint. The methods take turns chunk by
-chunk (order rotated) after a warm-up chunk, so machine drift hits both alike. Reports explanations/s (items whose
-explanation was generated and behaviour re-sampled, per second), the ratio, and how many texts and answers are
-identical between the two. `--precision fp32` runs the same in fp32.
+Per method and chunk of pairs: greedy explanations and the re-sampling of B(M_t) on x and x∖C, exactly what
+`evaluate_one` does for a checkpoint. The methods take turns chunk by chunk (order rotated) after a warm-up chunk,
+so machine drift hits all alike. Reports explanations/s (items whose explanation was generated and behaviour
+re-sampled, per second), each method's ratio to the first, and how many texts and answers are identical to the
+first's. `--precision fp32` runs the same in fp32.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from introspect import behavior, merged
+from introspect import behavior, joint, merged
 from introspect.checkpoints import applied, complete
 from introspect.config import seed_everything, set_threads, write_jsonl
 from introspect.evaluate import explanation_prompts, generate
@@ -38,6 +40,15 @@ def evaluate_work(model: Any, tok: Any, task: Any, pairs: list, precision: str, 
     t2 = time.perf_counter()
     answers = list(zip(beh["answer"], beh["answer_without"]))
     return texts, answers, {"generate": t1 - t0, "resample": t2 - t1}
+
+
+def one_pass_work(model: Any, tok: Any, task: Any, pairs: list, precision: str, batch_size: int,
+                  max_new_tokens: int, verify_margin: float) -> tuple[list[str], list[tuple[str, str]], dict[str, float]]:
+    t0 = time.perf_counter()
+    texts, beh = joint.explain_and_sample(model, tok, task, pairs, precision=precision, verify_margin=verify_margin,
+                                          batch_size=batch_size, max_new_tokens=max_new_tokens)
+    answers = list(zip(beh["answer"], beh["answer_without"]))
+    return texts, answers, {"generate": time.perf_counter() - t0, "resample": 0.0}  # one pass: both at once
 
 
 def main() -> None:
@@ -73,6 +84,8 @@ def main() -> None:
         methods: dict[str, Callable[[list], Any]] = {
             "unmerged (today)": lambda ps: evaluate_work(model, base.tokenizer, task, ps, **work),
             "merged": lambda ps: with_merged(model, precision, lambda: evaluate_work(model, base.tokenizer, task, ps, **work)),
+            "merged + one pass": lambda ps: with_merged(model, precision,
+                                                        lambda: one_pass_work(model, base.tokenizer, task, ps, **work)),
         }
         for fn in methods.values():
             fn(warm)
@@ -81,7 +94,7 @@ def main() -> None:
         got: dict[str, dict[str, Any]] = {m: {"texts": [], "answers": [], "generate": 0.0, "resample": 0.0} for m in methods}
         for c, chunk in enumerate(chunks):
             names = list(methods)
-            for name in names[c % 2:] + names[: c % 2]:
+            for name in names[c % len(names):] + names[: c % len(names)]:
                 texts, answers, secs = methods[name](chunk)
                 got[name]["texts"] += texts
                 got[name]["answers"] += answers
@@ -89,24 +102,27 @@ def main() -> None:
                 got[name]["resample"] += secs["resample"]
                 print(f"  chunk {c + 1}/{len(chunks)} {name:<18} generate {secs['generate']:6.1f} s  "
                       f"re-sample {secs['resample']:5.1f} s")
-    ref, new = got["unmerged (today)"], got["merged"]
     n = len(pairs)
     rows = []
     for name, g in got.items():
         total = g["generate"] + g["resample"]
         rows.append({"method": name, "pairs": n, "precision": precision, "batch": batch, "step": step,
                      "generate_s": round(g["generate"], 2), "resample_s": round(g["resample"], 2),
-                     "explanations_per_s": round(n / total, 3), "generate_only_per_s": round(n / g["generate"], 3)})
-    same_text = sum(a == b for a, b in zip(ref["texts"], new["texts"]))
-    same_ans = sum(a[i] == b[i] for a, b in zip(ref["answers"], new["answers"]) for i in range(2))
-    summary = {"ratio_explanations_per_s": round(rows[1]["explanations_per_s"] / rows[0]["explanations_per_s"], 3),
-               "ratio_generate_only": round(rows[1]["generate_only_per_s"] / rows[0]["generate_only_per_s"], 3),
-               "identical_texts": f"{same_text}/{n}", "identical_answers": f"{same_ans}/{2 * n}"}
+                     "explanations_per_s": round(n / total, 3)})
+    ref = got["unmerged (today)"]
+    summary = {}
+    for r in rows[1:]:
+        new = got[r["method"]]
+        same_text = sum(a == b for a, b in zip(ref["texts"], new["texts"]))
+        same_ans = sum(a[i] == b[i] for a, b in zip(ref["answers"], new["answers"]) for i in range(2))
+        summary[r["method"]] = {"ratio_explanations_per_s": round(r["explanations_per_s"] / rows[0]["explanations_per_s"], 3),
+                                "identical_texts": f"{same_text}/{n}", "identical_answers": f"{same_ans}/{2 * n}"}
     for r in rows:
         print(f"{r['method']:<18} {r['explanations_per_s']:6.3f} explanations/s (generate {r['generate_s']} s, "
-              f"re-sample {r['resample_s']} s; generation alone {r['generate_only_per_s']:.3f}/s)")
-    print(f"merged / today: {summary['ratio_explanations_per_s']}x explanations/s, {summary['ratio_generate_only']}x "
-          f"generation alone; identical texts {summary['identical_texts']}, answers {summary['identical_answers']}")
+              f"re-sample {r['resample_s']} s)")
+    for name, d in summary.items():
+        print(f"{name} / today: {d['ratio_explanations_per_s']}x explanations/s; identical texts {d['identical_texts']}, "
+              f"answers {d['identical_answers']}")
     write_jsonl(args.out, [*rows, summary])
     print(f"wrote {args.out}")
 

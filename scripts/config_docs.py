@@ -43,7 +43,8 @@ def fields(path: Path, name: str) -> list[tuple[str, str, str, str]]:
             comment += " " + lines[nxt].strip()[4:].strip()
             nxt += 1
         above, prev = [], node.lineno - 2
-        while prev >= 0 and lines[prev].strip().startswith("# "):  # a comment block written above the field
+        while prev >= 0 and lines[prev].strip().startswith("# ") and not lines[prev].strip().startswith("#   "):
+            # a comment block written above the field (a "#   " line continues the field before)
             above.insert(0, lines[prev].strip()[2:])
             prev -= 1
         comment = " ".join([*above, comment]).strip()

@@ -86,8 +86,9 @@ def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
         return hidden.float() @ weight.float().T
 
 
-def _head_logprobs(model: Any, hidden: torch.Tensor, choice_ids: Groups) -> tuple[np.ndarray, np.ndarray]:
-    """Choice log-probs over the full vocabulary [B, C] and vocab argmax [B], from the fp32 head."""
+def choice_logprobs(model: Any, hidden: torch.Tensor, choice_ids: Groups) -> tuple[np.ndarray, np.ndarray]:
+    """Choice log-probs over the full vocabulary [B, C] and vocab argmax [B] from final hidden states [B, H], by the
+    fp32 head."""
     logits = head_logits(model, hidden)
     logp = torch.log_softmax(logits, dim=-1)
     return group_logits(logp, choice_ids).cpu().numpy(), logits.argmax(-1).cpu().numpy()
@@ -122,27 +123,44 @@ def score_groups(model: Any, groups: Sequence[Sequence[Sequence[int]]], choice_i
     order = np.argsort([sum(map(len, g)) for g in groups], kind="stable")
     root = shared_prefix([p for g in groups for p in g]) if share_root and len(groups) > 1 else 0
     root = min(root, (tree.sliding_window(model) or root + 1) - 1)  # a sliding-window cache keeps window - 1 tokens
-    decoder = model.get_decoder()
     with autocast(precision, dev.type), progress_bar(total=int(offsets[-1]), disable=not progress, desc=f"{desc} ({precision})",
                                    unit="prompt") as bar:
-        kv = cache_kwarg(decoder)
-        root_cache = getattr(decoder(input_ids=torch.tensor([groups[0][0][:root]], device=dev), use_cache=True), kv) if root else None
+        shared = RootCache(model, groups[0][0][:root])
         for i in range(0, len(order), rows_per_batch):
             rows = order[i:i + rows_per_batch]
             batch = tree.pack([[p[root:] for p in groups[r]] for r in rows], pad_id).to(dev)
-            cache, mask, pos = None, batch.attention_mask, batch.position_ids + root
-            if root_cache is not None:
-                cache = copy.deepcopy(root_cache)
-                cache.batch_repeat_interleave(len(rows))
-                mask = torch.cat([mask.new_ones(*mask.shape[:3], root), mask], dim=-1)
-            k_pos = torch.cat([torch.arange(root, device=dev).expand(len(rows), -1), pos], dim=1)
-            hidden = decoder(input_ids=batch.input_ids, position_ids=pos, **{kv: cache}, use_cache=cache is not None,
-                             attention_mask=tree.model_mask(model, mask, pos, k_pos)).last_hidden_state
+            hidden, _ = shared.forward(batch, keep=False)
             cols = batch.last_columns()
             at = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
-            out[at], top[at] = _head_logprobs(model, torch.cat([hidden[b, c] for b, c in enumerate(cols)]), choice_ids)
+            out[at], top[at] = choice_logprobs(model, torch.cat([hidden[b, c] for b, c in enumerate(cols)]), choice_ids)
             bar.update(int(sum(offsets[r + 1] - offsets[r] for r in rows)))
     return out, top
+
+
+class RootCache:
+    """The KV cache of the prefix every prompt shares (the system turn), computed once; `forward` runs a prefix-tree
+    batch (`tree.pack` of the prompts' remainders) on top of a copy of it."""
+
+    def __init__(self, model: Any, root: Sequence[int]):
+        self.model, self.decoder, self.root = model, model.get_decoder(), len(root)
+        self.dev = devices.of(model)
+        self.kv = cache_kwarg(self.decoder)
+        self.cache = getattr(self.decoder(input_ids=torch.tensor([list(root)], device=self.dev), use_cache=True),
+                             self.kv) if root else None
+
+    def forward(self, batch: tree.TreeBatch, *, keep: bool) -> tuple[torch.Tensor, Any]:
+        """Final hidden states [B, L, H] of the batch's columns, and (`keep`) the KV cache of root + batch, whose
+        first `self.root` columns are the root's."""
+        rows = batch.input_ids.shape[0]
+        cache, mask, pos = None, batch.attention_mask, batch.position_ids + self.root
+        if self.cache is not None:
+            cache = copy.deepcopy(self.cache)
+            cache.batch_repeat_interleave(rows)
+            mask = torch.cat([mask.new_ones(*mask.shape[:3], self.root), mask], dim=-1)
+        k_pos = torch.cat([torch.arange(self.root, device=self.dev).expand(rows, -1), pos], dim=1)
+        out = self.decoder(input_ids=batch.input_ids, position_ids=pos, **{self.kv: cache},
+                           use_cache=keep or cache is not None, attention_mask=tree.model_mask(self.model, mask, pos, k_pos))
+        return out.last_hidden_state, getattr(out, self.kv) if keep else None
 
 
 def cache_kwarg(module: Any) -> str:
@@ -187,15 +205,26 @@ def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence
                                desc=desc)
         res = {"logp": lp[:n], "logp_without": lp[n:], "top": top[:n], "top_without": top[n:]}
     if verify_margin > 0 and precision == "bf16":
-        close = np.flatnonzero((margin(res["logp"]) < verify_margin) | (margin(res["logp_without"]) < verify_margin))
-        if len(close):
-            exact = score_pairs(model, [with_c[i] for i in close], [without_c[i] for i in close], choice_ids,
-                                pad_id=pad_id, batch_size=batch_size, precision="fp32", share_prefix=share_prefix,
-                                verify_margin=0.0, progress=progress, desc="re-scoring near-ties")
-            for key in ("logp", "logp_without", "top", "top_without"):
-                res[key][close] = exact[key]
-        res["verified"] = np.concatenate([close, close + n])  # prompt index: i (x) or n + i (x∖C)
+        verify_near_ties(model, with_c, without_c, res, choice_ids, pad_id=pad_id, batch_size=batch_size,
+                         share_prefix=share_prefix, verify_margin=verify_margin, progress=progress)
     return res
+
+
+def verify_near_ties(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]],
+                     res: dict[str, np.ndarray], choice_ids: Groups, *, pad_id: int, batch_size: int = 4,
+                     share_prefix: bool = True, verify_margin: float = VERIFY_MARGIN, progress: bool = False) -> None:
+    """Re-score in fp32 the pairs where either side's top-two choice log-probs (bf16) are closer than
+    `verify_margin`, in place in `res`, so near-ties are decided as an fp32 model decides them; `res["verified"]`
+    lists the re-scored prompts (i for x, n + i for x∖C)."""
+    n = len(with_c)
+    close = np.flatnonzero((margin(res["logp"]) < verify_margin) | (margin(res["logp_without"]) < verify_margin))
+    if len(close):
+        exact = score_pairs(model, [with_c[i] for i in close], [without_c[i] for i in close], choice_ids,
+                            pad_id=pad_id, batch_size=batch_size, precision="fp32", share_prefix=share_prefix,
+                            verify_margin=0.0, progress=progress, desc="re-scoring near-ties")
+        for key in ("logp", "logp_without", "top", "top_without"):
+            res[key][close] = exact[key]
+    res["verified"] = np.concatenate([close, close + n])  # prompt index: i (x) or n + i (x∖C)
 
 
 @dataclass
@@ -229,6 +258,11 @@ def sample_behavior(model: Any, tokenizer: Any, task: Task, pairs: Sequence[Pair
                       desc=desc)
     model.train(was_training)
     stats = SampleStats(len(pairs), sum(map(len, with_c)) + sum(map(len, without_c)), time.perf_counter() - t0)
+    return behavior_frame(task, pairs, res), stats
+
+
+def behavior_frame(task: Task, pairs: Sequence[Pair], res: dict[str, np.ndarray]) -> pd.DataFrame:
+    """B(M) as a table, one row per pair, from the choice log-probs on both sides (`score_pairs`' result)."""
     choices = np.array(task.choices)
     rows = []
     for i, p in enumerate(pairs):
@@ -249,7 +283,7 @@ def sample_behavior(model: Any, tokenizer: Any, task: Task, pairs: Sequence[Pair
             "choice_mass": float(np.exp(lp).sum()),
             "choice_mass_without": float(np.exp(lq).sum()),
         })
-    return pd.DataFrame(rows), stats
+    return pd.DataFrame(rows)
 
 
 def _softmax(logp: np.ndarray) -> np.ndarray:

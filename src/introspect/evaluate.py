@@ -24,11 +24,10 @@ from . import devices
 from .behavior import encode, left_pad
 from .devices import autocast
 from .progress import bar as progress_bar
+from .joint import STOP, cut, explain_and_sample, fits
 from .labels import agreement, drift, label_frame
 from .models import render_prompt
 from .tasks import Pair, Task
-
-STOP = ">>>."
 
 
 @torch.no_grad()
@@ -48,7 +47,7 @@ def generate(model: Any, tok: Any, prompts: Sequence[list[dict[str, str]]], *, p
                                  tokenizer=tok)
             for j, row in zip(idx, gen[:, x.shape[1]:]):
                 text = tok.decode(row.tolist(), skip_special_tokens=True)
-                out[j] = text[: text.index(STOP) + len(STOP)] if STOP in text else text
+                out[j] = cut(text)
             bar.update(len(idx))
     return out
 
@@ -107,18 +106,25 @@ def compare(texts: Sequence[str], beh: pd.DataFrame, m0_beh: pd.DataFrame, choic
 def evaluate_one(model: Any, tok: Any, task: Task, pairs: Sequence[Pair], m0_beh: pd.DataFrame, *, seed: int,
                  n_boot: int, precision: str, verify_margin: float, batch_size: int = 16, max_new_tokens: int = 40,
                  beh: pd.DataFrame | None = None, orig_beh: pd.DataFrame | None = None,
-                 orig_labels: pd.DataFrame | None = None, label: str = "M0") -> tuple[dict[str, Any], pd.DataFrame]:
+                 orig_labels: pd.DataFrame | None = None, label: str = "M0",
+                 joint: bool = False) -> tuple[dict[str, Any], pd.DataFrame]:
     """Generate explanations, re-sample B(M_t) (unless `beh` is given: M0's is already known), and compare.
+    `joint`: both in one prefix-tree pass per pair (joint.py) where the model allows it (`joint.fits`).
 
     Under `accelerate launch` each process takes every P-th pair and the main process gathers and scores them; the
     other processes get (None, None)."""
     t0 = time.time()
     shard = devices.shard(devices.of(model).type)
     mine = pairs[shard[0]::shard[1]] if shard else list(pairs)
-    texts = generate(model, tok, explanation_prompts(task, mine), precision=precision, batch_size=batch_size,
-                     max_new_tokens=max_new_tokens, progress=True, desc=f"generating explanations ({label})")
     mine_beh = None
-    if beh is None:
+    if joint and fits(model):  # one prefix-tree pass per pair (joint.py)
+        texts, mine_beh = explain_and_sample(model, tok, task, mine, precision=precision, verify_margin=verify_margin,
+                                             sample=beh is None, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                             progress=True, desc=f"explaining{'' if beh is not None else ' and re-sampling'} ({label})")
+    else:
+        texts = generate(model, tok, explanation_prompts(task, mine), precision=precision, batch_size=batch_size,
+                         max_new_tokens=max_new_tokens, progress=True, desc=f"generating explanations ({label})")
+    if beh is None and mine_beh is None:
         mine_beh, _ = behavior.sample_behavior(model, tok, task, mine, precision=precision, verify_margin=verify_margin,
                                                progress=True, desc=f"re-sampling behaviour on x and x∖C ({label})")
     if shard:

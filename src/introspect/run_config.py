@@ -29,8 +29,11 @@ class EvalConfig:
     baselines: bool = True  # majority, copy-Orig, nearest neighbour, zero-shot, few-shot (k=4)
     seed: int | None = None  # eval pairs and bootstrap; null = the run's seed (fix it to share one eval set across arms)
     merge_adapter: bool = True  # generate and re-sample with the checkpoint's LoRA delta merged into evaluation weights
-    # (merged.py: faster; rounding differs from the unmerged adapter, measured in docs/benchmarks.md#evaluation);
-    # false = the adapter applied as trained. M0 (step 0) is the same either way.
+    #   (merged.py: faster; rounding differs from the unmerged adapter, measured in docs/benchmarks.md#evaluation);
+    #   false = the adapter applied as trained. M0 (step 0) is the same either way.
+    joint: bool = True  # explanation prompt, x and x∖C as one prefix-tree row per pair, the explanation decoded from
+    #   its KV cache (joint.py: faster; rounding differs, measured in docs/benchmarks.md#evaluation); false = generated
+    #   and re-sampled apart. Models with sliding-window layers are evaluated apart either way.
 
 
 @dataclass

@@ -52,6 +52,13 @@ def _radix(seqs: Sequence[Sequence[int]], members: list[int], start: int, parent
         _radix(seqs, g, end, me, segs, ends)
 
 
+def width(seqs: Sequence[Sequence[int]]) -> int:
+    """Columns of the row `pack` makes of one group: every distinct prefix-tree segment once."""
+    segs: list[tuple[int, int, int, int]] = []
+    _radix(seqs, list(range(len(seqs))), 0, -1, segs, {})
+    return sum(b - a for _, a, b, _ in segs)
+
+
 def _row(seqs: Sequence[Sequence[int]]) -> tuple[list[int], list[int], torch.Tensor, list[list[int]]]:
     """One group's tokens, positions, [n, n] mask and per-sequence column paths."""
     if not seqs or any(len(s) == 0 for s in seqs):

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from .. import baselines, devices, metrics, provenance
+from .. import baselines, devices, joint, metrics, provenance
 from ..checkpoints import applied, complete, weights_hash
 from ..config import UserError, atomic_path, seed_everything, stable_hash
 from ..evaluate import evaluate_one
@@ -117,6 +117,8 @@ def checkpoint_result(cfg: RunConfig, base: Any, es: EvalSet, step: int, path: P
     where = {"device": str(devices.of(base.model))} if devices.of(base.model).type != "cpu" else {}
     merge = ev.merge_adapter and path is not None  # M0 has no adapter: its numbers are the same either way
     where |= {"merged_adapter": True} if merge else {}  # results made before merged evaluation keep their inputs
+    one_pass = ev.joint and joint.fits(base.model)
+    where |= {"joint": True} if one_pass else {}  # and those made before the one-pass evaluation theirs
     wanted = provenance.inputs(checkpoint=weights_hash(path, base.weights_hash), eval_set=es.set_hash,
                                precision=cfg.precision, verify_margin=cfg.verify_margin, seed=seed,
                                max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, n_boot=ev.n_boot, **where)
@@ -136,7 +138,7 @@ def checkpoint_result(cfg: RunConfig, base: Any, es: EvalSet, step: int, path: P
                                   precision=cfg.precision, verify_margin=cfg.verify_margin,
                                   batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
                                   beh=None if path else es.m0_beh,  # M0's behaviour on these pairs is known
-                                  orig_beh=es.orig_beh, label=f"step {step}" if path else "M0")
+                                  orig_beh=es.orig_beh, label=f"step {step}" if path else "M0", joint=one_pass)
     if res is None:
         return None
     res.update(step=step, checkpoint=str(path) if path else None, inputs=wanted)
