@@ -17,7 +17,7 @@ from conftest import write_mmlu
 from introspect import behavior, cli, controls as C, intervention, labels, models
 from introspect.pipeline import run
 from introspect.run_config import config_of_run, load_run_config
-from introspect.validity import coupling
+from introspect.validity import coupling, signed
 
 ROOT = Path(__file__).resolve().parents[1]
 LETTERS = np.array(list("ABCD"))
@@ -72,7 +72,8 @@ def _verdict(coupled: bool) -> tuple:
     v = coupling(valid=True, self_minus_orig=C.estimate(d, n_boot=500), own_minus_other={"sibling": other["own_minus_other"]},
                  over_constant=C.estimate([a - b for a, b in zip(d, const)], n_boot=500),
                  shuffle_p=C.shuffle_null(own, m0, strata=["m0_label", "group"], metric=metric, n_perm=200)["p_value"],
-                 over_seeds=C.over_seeds([x.mean() for x in d]))
+                 over_seeds=C.over_seeds([x.mean() for x in d]),
+                 own_minus_other_over_seeds={"sibling": other["own_minus_other_over_seeds"]})
     return v, other
 
 
@@ -80,6 +81,23 @@ def test_coupled_explainer_is_self_specific() -> None:
     v, other = _verdict(coupled=True)
     assert v.valid, v.failures
     assert other["own_minus_other"]["ci"][0] > 0
+    assert other["own_minus_other_over_seeds"]["n_seeds"] == 3 and other["own_minus_other_over_seeds"]["ci"][0] > 0
+    assert "own − sibling over seeds" in v.checks
+
+
+def test_self_specific_over_items_but_not_over_seeds_fails() -> None:
+    """Inference over seeds (pre-registration 3): a pooled item-level CI above 0 is not enough when the per-seed
+    own − sibling values scatter around 0."""
+    est = {"value": 0.05, "ci": [0.02, 0.08]}
+    seeds = C.over_seeds([0.09, -0.02, 0.08, -0.03, 0.06])
+    assert seeds["ci"][0] < 0
+    v = coupling(valid=True, self_minus_orig=est, own_minus_other={"sibling": est}, over_constant=est, shuffle_p=0.001,
+                 own_minus_other_over_seeds={"sibling": seeds})
+    assert not v.valid and v.failures == [f"not self-specific over seeds: per-seed own − sibling {signed(seeds)} "
+                                          "(5 seeds, t-interval reaches 0)"]
+    one = C.over_seeds([0.05])  # a single seed has no interval over seeds: the condition does not apply
+    assert coupling(valid=True, self_minus_orig=est, own_minus_other={"sibling": est}, over_constant=est,
+                    shuffle_p=0.001, own_minus_other_over_seeds={"sibling": one}).valid
 
 
 def test_uncoupled_explainer_is_not_self_specific() -> None:
@@ -87,6 +105,7 @@ def test_uncoupled_explainer_is_not_self_specific() -> None:
     assert not v.valid
     assert other["own_minus_other"]["value"] == 0.0  # the two explainers say the same thing
     assert any(f.startswith("not self-specific: own − sibling") for f in v.failures), v.failures
+    assert any(f.startswith("not self-specific over seeds: per-seed own − sibling") for f in v.failures), v.failures
 
 
 def test_missing_control_fails_the_coupling_verdict() -> None:
@@ -126,6 +145,29 @@ def test_spec_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[
                                    "primary": "b"}))
     assert cli.main(["experiment", "controls", str(bad)]) == 2
     assert "primary 'b' is not one of arms" in capsys.readouterr().err
+    bad.write_text(yaml.safe_dump({"name": "x", "configs": "c", "archive": "a", "arms": {"a": "a"}, "seeds": [1],
+                                   "primary": "a", "intervention": {"seeds": [2], "settings": {"stpes": 3}}}))
+    assert cli.main(["experiment", "controls", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "intervention.seeds must be a non-empty subset of seeds" in err and "unknown keys ['stpes']" in err
+
+
+def test_planned_interventions_are_found_in_the_archive_and_missing_ones_listed(tmp_path: Path) -> None:
+    from introspect.experiment import intervention_results, intervention_settings, load_spec
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "x", "configs": str(tmp_path / "c"), "archive": str(tmp_path / "a"),
+                                         "arms": {"lamstar": "arm"}, "seeds": [4, 5], "primary": "lamstar",
+                                         "intervention": {"seeds": [4, 5], "settings": {"steps": 30}}}))
+    spec, _ = load_spec(spec_file)
+    where = intervention.result_dir(tmp_path / "a" / "arm_s4", intervention_settings(spec), step=300)
+    where.mkdir(parents=True)
+    (where / "result.json").write_text(json.dumps({"toward_new_behaviour": {"value": 0.1, "ci": [0.05, 0.15]}}))
+    other = intervention.result_dir(tmp_path / "a" / "arm_s5", intervention.InterventionSpec(steps=31), step=300)
+    other.mkdir(parents=True)  # other settings: not this plan's result
+    (other / "result.json").write_text("{}")
+    r = intervention_results(spec)
+    assert list(r["per_seed"]) == ["s4"] and r["missing"] == ["s5"]
 
 
 # --- the intervention test on the tiny model -------------------------------------------------------------------

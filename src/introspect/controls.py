@@ -113,6 +113,7 @@ def other_model(own: Sequence[Step], other: Sequence[Step], *, metric: str = "ex
     same_text = [float(np.mean(o.items["text"].to_numpy() == x.items["text"].to_numpy())) for o, x in zip(own, other)]
     return {"own": estimate(own_d, seed=seed, n_boot=n_boot), "other": estimate(other_d, seed=seed, n_boot=n_boot),
             "own_minus_other": estimate(diff, seed=seed, n_boot=n_boot),
+            "own_minus_other_over_seeds": over_seeds([float(d.mean()) for d in diff]),
             "own_minus_other_where_behaviour_differs": estimate(diff, seed=seed, n_boot=n_boot, subset=differ),
             "n_behaviour_differs": [int(m.sum()) for m in differ],
             "own_explainer_on_other_behaviour": estimate(on_other, seed=seed, n_boot=n_boot),

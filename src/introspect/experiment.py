@@ -15,6 +15,7 @@ content hash is written into every result. Committed before the runs, the spec i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,15 @@ class LambdaSelection:
 
 
 @dataclass
+class InterventionPlan:
+    """Where the causal intervention test runs (`introspect intervene`, intervention.py) and with which settings."""
+
+    seeds: list[int]  # the primary arm's seeds whose last checkpoint gets the test (a subset of the spec's seeds)
+    settings: dict[str, Any] = field(default_factory=dict)  # InterventionSpec keys (steps, mu, treatment, lam, lr,
+    # seed, metric, n_boot); the rest at their defaults
+
+
+@dataclass
 class ExperimentSpec:
     name: str  # one line: what is tested
     configs: str  # folder of the arms' run configs, one per arm and seed: {arms[ARM]}_s{SEED}.yaml
@@ -77,6 +87,7 @@ class ExperimentSpec:
     title: str = ""  # the table's heading
     decision: DecisionSpec = field(default_factory=DecisionSpec)
     lambda_selection: LambdaSelection | None = None  # null = the arms' λ is fixed in their configs
+    intervention: InterventionPlan | None = None  # null = no intervention test
 
 
 def load_spec(path: str | Path) -> tuple[ExperimentSpec, str]:
@@ -96,6 +107,14 @@ def load_spec(path: str | Path) -> tuple[ExperimentSpec, str]:
         problems.append(f"controls.strata: choose from {list(C.STRATA)}")
     if spec.decision.metric not in C.CORRECTNESS or spec.decision.n_boot < 1:
         problems.append(f"decision.metric must be one of {list(C.CORRECTNESS)} and decision.n_boot >= 1")
+    if spec.intervention is not None:
+        from .intervention import InterventionSpec
+
+        if not spec.intervention.seeds or set(spec.intervention.seeds) - set(spec.seeds):
+            problems.append("intervention.seeds must be a non-empty subset of seeds")
+        unknown = set(spec.intervention.settings) - {f.name for f in dataclasses.fields(InterventionSpec)}
+        if unknown:
+            problems.append(f"intervention.settings: unknown keys {sorted(unknown)} (see introspect intervene --help)")
     if spec.controls.n_boot < 1 or spec.controls.n_perm < 1:
         problems.append("controls.n_boot and controls.n_perm must be >= 1")
     if problems:
@@ -185,17 +204,52 @@ def controls_report(spec: ExperimentSpec, spec_hash: str) -> dict[str, Any]:
                                                n_boot=spec.controls.n_boot)
                             for t in sorted(set.intersection(*(set(evaluated_steps(f)) for f in prim))) if t not in (0, step)}
     m = out["metrics"][spec.controls.metric]
-    others = {}
-    if "sibling" in m:
-        others["sibling"] = m["sibling"]["own_minus_other"]
-    if "cross_seed" in m:
-        others["other seed"] = m["cross_seed"]["own_minus_other"]
+    others, others_over_seeds = {}, {}
+    for key, name in (("sibling", "sibling"), ("cross_seed", "other seed")):
+        if key in m:
+            others[name] = m[key]["own_minus_other"]
+            others_over_seeds[name] = m[key]["own_minus_other_over_seeds"]
+    did = None
+    if spec.intervention is not None:
+        out["intervention"] = intervention_results(spec)
+        per_seed = [r["toward_new_behaviour"] for r in out["intervention"]["per_seed"].values()]
+        did = (C.over_seeds([x["value"] for x in per_seed]) if len(per_seed) >= 2 else per_seed[0]) if per_seed else \
+            {"value": float("nan"), "ci": [float("nan")] * 2}  # planned and not run: the condition fails
+        out["intervention"]["did"] = did
     v = coupling(valid=all(out["valid_per_seed"]), self_minus_orig=m["self_minus_orig"], own_minus_other=others,
                  over_constant=m["over_best_constant"], shuffle_p=m["shuffle_null"]["p_value"],
-                 over_seeds=m["over_seeds"])
+                 over_seeds=m["over_seeds"], intervention_did=did, own_minus_other_over_seeds=others_over_seeds)
     out["coupling_verdict"] = vars(v)
     out["coupling_line"] = coupling_line(v)
     return out
+
+
+def intervention_settings(spec: ExperimentSpec) -> Any:
+    from .intervention import InterventionSpec
+
+    return build(InterventionSpec, dict(spec.intervention.settings), "intervention.settings")
+
+
+def intervention_dir(spec: ExperimentSpec, root: Path) -> Path | None:
+    """The spec's intervention folder under a run directory (or its archived copy), None if there is none."""
+    from .intervention import result_dir
+
+    return result_dir(root, intervention_settings(spec), step=None)
+
+
+def intervention_results(spec: ExperimentSpec) -> dict[str, Any]:
+    """Each planned seed's intervention result (run directory first, then the archive); missing ones listed."""
+    per_seed, missing = {}, []
+    for seed in spec.intervention.seeds:
+        name = run_name(spec, spec.primary, seed)
+        config = Path(spec.configs) / f"{name}.yaml"
+        roots = ([Path(load_run_config(config).run_dir)] if config.is_file() else []) + [Path(spec.archive) / name]
+        found = [p for p in (intervention_dir(spec, r) for r in roots) if p is not None and (p / "result.json").is_file()]
+        if found:
+            per_seed[f"s{seed}"] = json.loads((found[0] / "result.json").read_text())
+        else:
+            missing.append(f"s{seed}")
+    return {"per_seed": per_seed, "missing": missing}
 
 
 def format_controls(r: dict[str, Any]) -> str:
@@ -211,7 +265,8 @@ def format_controls(r: dict[str, Any]) -> str:
         if "sibling" in m:
             x = m["sibling"]
             lines += [f"- sibling ({r['sibling']}) explainer on {r['primary']}'s behaviour: Self − Orig {s(x['other'], 4)}; "
-                      f"own − sibling **{s(x['own_minus_other'], 4)}**; where the two behaviours differ "
+                      f"own − sibling **{s(x['own_minus_other'], 4)}**, per seed over seeds (t-interval) "
+                      f"{s(x['own_minus_other_over_seeds'], 4)}; where the two behaviours differ "
                       f"{s(x['own_minus_other_where_behaviour_differs'], 4)} (n {x['n_behaviour_differs']}); identical "
                       "explanations " + ", ".join(f"{v:.0%}" for v in x["identical_explanations"]),
                       f"- {r['primary']}'s explainer on the sibling's behaviour (a behaviour contrast): "
@@ -240,6 +295,14 @@ def format_controls(r: dict[str, Any]) -> str:
                          f"(n {t['label_moved']['n']})")
     for t, e in r["earlier_steps"].items():
         lines.append(f"- pooled Self − Orig ({r['verdict_metric']}) at step {t}: {s(e, 4)}")
+    if "intervention" in r:
+        iv = r["intervention"]
+        lines += ["", "## intervention (behaviour moved on a seeded half of the items, explanations regenerated)", ""]
+        for seed, x in iv["per_seed"].items():
+            lines.append(f"- {seed}: behaviour moved treated − control {s(x['behaviour_moved'], 3)}; explanation moved "
+                         f"toward the new behaviour, DiD {s(x['toward_new_behaviour'], 3)}")
+        lines.append(f"- DiD {'over seeds (t-interval)' if len(iv['per_seed']) >= 2 else ''}: {s(iv['did'], 3)}"
+                     + (f"; not run: {', '.join(iv['missing'])}" if iv["missing"] else ""))
     lines += ["", f"**{r['coupling_line']}**", ""]
     return "\n".join(lines)
 

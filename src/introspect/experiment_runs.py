@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from .config import UserError, atomic_path
-from .experiment import ExperimentSpec, eval_dir, results_dir, run_name
+from .experiment import (ExperimentSpec, eval_dir, intervention_dir, intervention_results, intervention_settings,
+                         results_dir, run_name)
 from .run_config import load_run_config
 
 # M0 on the shared eval set, and the training tables: copied from a sibling arm that has them, so sampling runs once
@@ -110,3 +111,26 @@ def run(spec: ExperimentSpec) -> None:
             print(f"=== {config.stem}: finished ({eval_dir(spec, arm, seed)}): skip", flush=True)
             continue
         run_arm(config, Path(spec.archive))
+    if spec.intervention is not None:
+        run_interventions(spec)
+
+
+def run_interventions(spec: ExperimentSpec) -> None:
+    """The planned intervention tests, on the primary arm's last checkpoint of each planned seed; archived."""
+    from . import intervention
+    from .run_config import config_of_run
+
+    done = intervention_results(spec)["per_seed"]
+    for seed in spec.intervention.seeds:
+        if f"s{seed}" in done:
+            print(f"=== intervention s{seed}: finished: skip", flush=True)
+            continue
+        run_dir = Path(load_run_config(config_path(spec, spec.primary, seed)).run_dir)
+        print(f"=== introspect intervene {run_dir} ({spec.intervention.settings})", flush=True)
+        print(intervention.format_result(intervention.run(config_of_run(run_dir), intervention_settings(spec))), flush=True)
+        found = intervention_dir(spec, run_dir)
+        dest = Path(spec.archive) / run_dir.name / "intervention" / found.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("result.json", "before.parquet", "after.parquet"):
+            shutil.copy2(found / name, dest / name)
+        print(f"[experiment] archived {found} -> {dest}")

@@ -86,6 +86,15 @@ def _evaluated_texts(cfg: RunConfig, step: int, checkpoint_hash: str, n: int) ->
     return texts if len(texts) == n else None
 
 
+def result_dir(run_dir: Path, spec: InterventionSpec, step: int | None) -> Path | None:
+    """RUN/intervention/step_T_seed_S_HASH, HASH of the settings; `step` None: the latest T written (None if none)."""
+    tag = f"seed_{spec.seed}_{stable_hash(dataclasses.asdict(spec))[:8]}"
+    if step is not None:
+        return run_dir / "intervention" / f"step_{step:06d}_{tag}"
+    found = sorted((run_dir / "intervention").glob(f"step_*_{tag}"))
+    return found[-1] if found else None
+
+
 def run(cfg: RunConfig, spec: InterventionSpec, explain: Explainer | None = None) -> dict[str, Any]:
     """The intervention test on one seed; returns (and writes) its result."""
     ckpts = complete(cfg.path("train", "checkpoints"))
@@ -101,7 +110,7 @@ def run(cfg: RunConfig, spec: InterventionSpec, explain: Explainer | None = None
     if not m0_path.is_file():
         raise UserError(f"{m0_path} does not exist: evaluate the run first (`introspect evaluate {cfg.run_dir}`)")
     # one folder per setting: a re-run with the same spec resumes, another spec never meets its checkpoints
-    out = cfg.path("intervention", f"step_{step:06d}_seed_{spec.seed}_{stable_hash(dataclasses.asdict(spec))[:8]}")
+    out = result_dir(Path(cfg.run_dir), spec, step)
     with locked(Path(cfg.run_dir)):
         return _run(cfg, spec, step, by_step[step], m0_path, out, explain)
 

@@ -113,10 +113,13 @@ def signed(m: dict[str, Any], digits: int = 3) -> str:
 
 def coupling(*, valid: bool, self_minus_orig: dict[str, Any], own_minus_other: dict[str, dict[str, Any]],
              over_constant: dict[str, Any] | None, shuffle_p: float | None, over_seeds: dict[str, Any] | None = None,
-             intervention_did: dict[str, Any] | None = None) -> Verdict:
+             intervention_did: dict[str, Any] | None = None,
+             own_minus_other_over_seeds: dict[str, dict[str, Any]] | None = None) -> Verdict:
     """The verdict of introspective coupling. Estimates are {"value", "ci"}; `own_minus_other` maps a control's name
     ("sibling", "cross-seed") to own − other. Every condition must hold; a missing control fails (a claim of coupling
-    needs it), except the intervention test, which counts only where it was run. The line names what failed, e.g.
+    needs it), except the intervention test, which counts only where it was run, and `own_minus_other_over_seeds`
+    (per-seed own − other with a t-interval over seeds), which counts where it has >= 2 seeds. The line names what
+    failed, e.g.
     "not self-specific: own − sibling +0.000 [−0.009, +0.010] (CI reaches 0)"."""
     fails: list[str] = []
     if not valid:
@@ -128,6 +131,10 @@ def coupling(*, valid: bool, self_minus_orig: dict[str, Any], own_minus_other: d
     for name, m in own_minus_other.items():
         if not m["ci"][0] > 0:  # NaN (no items) fails too
             fails.append(f"not self-specific: own − {name} {signed(m)} (CI reaches 0)")
+    for name, m in (own_minus_other_over_seeds or {}).items():  # inference over seeds, where there are >= 2
+        if m.get("n_seeds", 0) >= 2 and not m["ci"][0] > 0:
+            fails.append(f"not self-specific over seeds: per-seed own − {name} {signed(m)} ({m['n_seeds']} seeds, "
+                         "t-interval reaches 0)")
     if over_constant is None:
         fails.append("no constant-explanation baseline")
     elif not over_constant["ci"][0] > 0:
@@ -141,7 +148,9 @@ def coupling(*, valid: bool, self_minus_orig: dict[str, Any], own_minus_other: d
                      "reaches 0)")
     if intervention_did is not None and not intervention_did["ci"][0] > 0:
         fails.append(f"explanations do not follow an intervention: DiD {signed(intervention_did)} (CI reaches 0)")
-    checks = {"Self − Orig": signed(self_minus_orig), **{f"own − {k}": signed(m) for k, m in own_minus_other.items()}}
+    checks = {"Self − Orig": signed(self_minus_orig), **{f"own − {k}": signed(m) for k, m in own_minus_other.items()},
+              **{f"own − {k} over seeds": signed(m) for k, m in (own_minus_other_over_seeds or {}).items()
+                 if m.get("n_seeds", 0) >= 2}}
     if over_constant is not None:
         checks["over best constant"] = signed(over_constant)
     if intervention_did is not None:
