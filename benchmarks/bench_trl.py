@@ -10,7 +10,9 @@ Variants (LoRA r96 on the 7 projections, bf16 autocast, AdamW, lr 2e-4; 4 explan
   TRL SFT                   trl.SFTTrainer on the same labels as prompt/completion pairs (completion-only loss),
                             per_device_train_batch_size 4
   TRL SFT + coupling        the same with introspect.integrations.trl's KL term on --behavior-per-step pairs
-Each variant runs --warmup + --steps optimiser steps, twice (rounds in the order A B C D, then D C B A, so drift hits
+  TRL SFT + hand-written KL the same with the KL as a user would write it: a compute_loss override with its own
+                            forward over the pairs (left-padded, no prefix sharing, full LM head)
+Each variant runs --warmup + --steps optimiser steps, twice (rounds in the order A B C D E, then E D C B A, so drift hits
 all alike); the step times (median over both rounds) give examples/s and the ratios. Writes
 benchmarks/results/bench_trl.json.
 """
@@ -98,6 +100,56 @@ def trl_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[floa
     return clock.times
 
 
+def trl_hand_kl_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[float]:
+    """TRL SFTTrainer with the KL written as a TRL user would without introspect: a `compute_loss` override that
+    runs its own forward over --behavior-per-step pairs (x and x∖C left-padded in one batch, full LM head, no prefix
+    sharing) and adds λ·KL(p_M0 ‖ p_θ) over the choices, p_M0 from the behaviour table."""
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from introspect import behavior
+    from introspect.tables import pairs_from_table, task_of
+
+    seed_everything(0)
+    loaded = load_model("smollm2-135m-instruct", seed=0, hash_weights=False)
+    tok = loaded.tokenizer
+    lab, _ = read_table(train_dir / "labels.parquet")
+    rows = [{"prompt": json.loads(r.prompt), "completion": [{"role": "assistant", "content": r.target}]}
+            for r in lab.itertuples()]
+    beh, meta = read_table(train_dir / "behavior.parquet")
+    task = task_of(meta)
+    with_c, without_c = behavior.encode_pairs(tok, task, pairs_from_table(beh, task))
+    groups = behavior.choice_token_ids(tok, task.continuations)
+    p0 = torch.tensor(np.concatenate([np.stack(beh["probs"]), np.stack(beh["probs_without"])]), dtype=torch.float32)
+    rng = np.random.default_rng(0)
+
+    class HandKL(SFTTrainer):
+        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, **kw: Any) -> Any:
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
+            loss = out[0] if return_outputs else out
+            idx = rng.choice(len(with_c), per_step, replace=False)
+            ids, mask = behavior.left_pad([with_c[i] for i in idx] + [without_c[i] for i in idx], tok.pad_token_id)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].float()
+            logq = torch.log_softmax(behavior.group_logits(torch.log_softmax(logits, -1), groups), -1)
+            target = p0[np.concatenate([idx, idx + len(with_c)])]
+            kl = (target * (target.clamp_min(1e-12).log() - logq)).sum(-1).mean()
+            loss = loss + lam * kl
+            return (loss, out[1]) if return_outputs else loss
+
+    clock = StepClock()
+    args = SFTConfig(output_dir="/tmp/introspect_bench_trl_sft_kl", max_steps=steps, per_device_train_batch_size=4,
+                     learning_rate=2e-4, report_to="none", use_cpu=True, bf16=True, save_strategy="no",
+                     logging_steps=1000, max_length=1024, seed=0, dataloader_num_workers=0, gradient_checkpointing=False)
+    trainer = HandKL(model=loaded.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                     peft_config=LoraConfig(r=96, lora_alpha=192, target_modules=TARGETS), callbacks=[clock])
+    trainer.train()
+    return clock.times
+
+
 def dpo_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[float]:
     """TRL DPOTrainer on the preference pairs of `introspect dpo` (4 per step), with or without the coupling terms
     (explanation + KL: the whole coupling objective, since DPO's loss has no explanation term)."""
@@ -148,7 +200,8 @@ def main() -> None:
     variants = {"native explanation-only": lambda: native(d, 0.0, args.behavior_per_step, n),
                 "native coupling": lambda: native(d, args.lam, args.behavior_per_step, n),
                 "TRL SFT": lambda: trl_run(d, 0.0, args.behavior_per_step, n),
-                "TRL SFT + coupling": lambda: trl_run(d, args.lam, args.behavior_per_step, n)}
+                "TRL SFT + coupling": lambda: trl_run(d, args.lam, args.behavior_per_step, n),
+                "TRL SFT + hand-written KL": lambda: trl_hand_kl_run(d, args.lam, args.behavior_per_step, n)}
     got: dict[str, list[float]] = {k: [] for k in variants}
     for order in (list(variants), list(reversed(variants))):
         for name in order:
@@ -160,6 +213,8 @@ def main() -> None:
              "threads": threads} for k, v in med.items()]
     ratios = {"native/TRL, explanation only (examples/s)": med["TRL SFT"] / med["native explanation-only"],
               "native/TRL, coupling step (examples/s)": med["TRL SFT + coupling"] / med["native coupling"],
+              "native/TRL + hand-written KL forward, coupling step (examples/s)":
+                  med["TRL SFT + hand-written KL"] / med["native coupling"],
               "TRL + coupling / TRL (time per step: the cost of coupling in TRL)": med["TRL SFT + coupling"] / med["TRL SFT"],
               "native coupling / native explanation-only (time per step)": med["native coupling"] / med["native explanation-only"]}
     for r in rows:

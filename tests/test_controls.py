@@ -139,6 +139,27 @@ def test_controls_command_reproduces_experiment_2(tmp_path: Path, capsys: pytest
     assert "**no coupling verdict" in capsys.readouterr().out
 
 
+def test_partial_controls_report_only_finished_seeds_and_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """--partial: experiment 2's archive with a third, unfinished seed planned gives seeds 2 and 3 only, marked as
+    not the verdict; without --partial the missing arms are an error naming the config to run."""
+    monkeypatch.chdir(ROOT)
+    spec = yaml.safe_load((ROOT / "configs/experiments/claims_v2.yaml").read_text())
+    spec.update(seeds=[2, 3, 9], intervention={"seeds": [3, 9]})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    assert cli.main(["experiment", "controls", str(path), "--n-perm", "20"]) == 2
+    assert "hint_expert_lamstar_s9" in capsys.readouterr().err
+    out = tmp_path / "p"
+    assert cli.main(["experiment", "controls", str(path), "--n-perm", "20", "--partial", "--out", str(out)]) == 0
+    r = json.loads(out.with_suffix(".json").read_text())
+    assert r["seeds"] == [2, 3] and r["partial"] == {"planned": [2, 3, 9]}
+    assert r["intervention"]["missing"] == ["s3"]  # planned on a finished seed, not run: the verdict names it
+    assert any(f.startswith("explanations do not follow an intervention") for f in r["coupling_verdict"]["failures"])
+    text = out.with_suffix(".md").read_text()
+    assert "**PARTIAL: seeds [2, 3] of the planned [2, 3, 9]" in text and "partial, not the verdict: **no coupling" in text
+
+
 def test_spec_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "s.yaml"
     bad.write_text(yaml.safe_dump({"name": "x", "configs": "c", "archive": "a", "arms": {"a": "a"}, "seeds": [1],

@@ -29,7 +29,12 @@ def cmd_experiment(args: argparse.Namespace) -> None:
         return
     if args.n_perm is not None:
         spec.controls.n_perm = args.n_perm
+    planned = list(spec.seeds)
+    if args.partial:
+        spec = experiment.partial(spec)
     report = experiment.controls_report(spec, spec_hash)
+    if args.partial:
+        report["partial"] = {"planned": planned}
     print(experiment.format_controls(report))
     if args.out:
         experiment.write_controls(report, Path(args.out))
@@ -74,6 +79,8 @@ def add_experiment_parser(sub: Any) -> Any:
     a.add_argument("spec", help="experiment spec YAML (configs/experiments/)")
     a.add_argument("--out", default=None, help="write OUT.md and OUT.json (e.g. docs/claims_v2_controls)")
     a.add_argument("--n-perm", type=int, default=None, help="override controls.n_perm (the within-strata shuffles)")
+    a.add_argument("--partial", action="store_true", help="only the seeds whose arms have finished, while the others "
+                   "run: exploratory, marked as not the pre-registered verdict")
     for action, text in (("run", "the λ selection (if the spec has one and its record is missing), every arm not "
                           "finished (each an `introspect run`, archived when done), then the table"),
                          ("table", "the table and the pre-registered rule's decision from the finished arms (run "

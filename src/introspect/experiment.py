@@ -174,6 +174,18 @@ def _per_metric(spec: ExperimentSpec, own: list[C.Step], m0: list[C.Step], sib: 
     return out
 
 
+def partial(spec: ExperimentSpec) -> ExperimentSpec:
+    """The spec cut to the seeds whose primary (and sibling) arms have results: for reporting an experiment while its
+    arms run. What it gives is exploratory, never the pre-registered verdict (the report says so)."""
+    done = [s for s in spec.seeds if all(eval_dir(spec, a, s) is not None for a in {spec.primary, spec.sibling} - {""})]
+    if not done:
+        raise UserError(f"no seed of {spec.seeds} has finished arms yet: nothing to report")
+    plan = spec.intervention
+    if plan is not None:
+        plan = dataclasses.replace(plan, seeds=[s for s in plan.seeds if s in done])
+    return dataclasses.replace(spec, seeds=done, intervention=plan if plan and plan.seeds else None)
+
+
 def controls_report(spec: ExperimentSpec, spec_hash: str) -> dict[str, Any]:
     """Every control of the spec on the primary arm's seeds (and the sibling's), at the verdict's step."""
     folders = {(arm, s): eval_dir(spec, arm, s) for arm in spec.arms for s in spec.seeds}
@@ -257,6 +269,9 @@ def format_controls(r: dict[str, Any]) -> str:
     s = signed
     lines = [f"# Controls: {r['spec']}", "", f"Written by `introspect experiment controls` (spec hash {r['spec_hash']}); "
              f"arm {r['primary']} at step {r['step']}, seeds {r['seeds']}; validity per seed: {r['valid_per_seed']}.", ""]
+    if r.get("partial"):
+        lines += [f"**PARTIAL: seeds {r['seeds']} of the planned {r['partial']['planned']} (`--partial`): exploratory, "
+                  "not the pre-registered verdict.**", ""]
     for metric, m in r["metrics"].items():
         lines += [f"## {metric}" + (" (the verdict's metric)" if metric == r["verdict_metric"] else ""), "",
                   f"- Self − Orig, pooled over seeds: {s(m['self_minus_orig'], 4)} (n {m['self_minus_orig']['n']})",
@@ -303,7 +318,7 @@ def format_controls(r: dict[str, Any]) -> str:
                          f"toward the new behaviour, DiD {s(x['toward_new_behaviour'], 3)}")
         lines.append(f"- DiD {'over seeds (t-interval)' if len(iv['per_seed']) >= 2 else ''}: {s(iv['did'], 3)}"
                      + (f"; not run: {', '.join(iv['missing'])}" if iv["missing"] else ""))
-    lines += ["", f"**{r['coupling_line']}**", ""]
+    lines += ["", ("partial, not the verdict: " if r.get("partial") else "") + f"**{r['coupling_line']}**", ""]
     return "\n".join(lines)
 
 

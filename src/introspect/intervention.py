@@ -26,11 +26,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import behavior, controls, labels, provenance
+from . import behavior, controls, joint, labels, provenance
 from .checkpoints import applied, complete, weights_hash
 from .config import UserError, atomic_path, seed_everything, stable_hash
 from .evaluate import compare, explanation_prompts, generate
 from .locking import locked
+from .merged import merged
 from .models import load_model
 from .run_config import RunConfig
 from .tables import pairs_from_table, read_table, table_meta, task_of, write_table
@@ -55,10 +56,22 @@ class InterventionSpec:
     n_boot: int = 2000
 
 
-def default_explainer(precision: str, batch_size: int, max_new_tokens: int) -> Explainer:
+def default_explainer(cfg: RunConfig) -> Explainer:
+    """Explanations generated the way the run's evaluation generates them (merged weights and the one pass when its
+    `evaluate` section says so), so the step-T texts taken from the evaluation and the texts after the intervention
+    come from one path."""
+    ev = cfg.evaluate
+
     def explain(model: Any, tok: Any, task: Task, pairs: Sequence[Pair]) -> list[str]:
-        return generate(model, tok, explanation_prompts(task, pairs), precision=precision, batch_size=batch_size,
-                        max_new_tokens=max_new_tokens, progress=True, desc="generating explanations (intervention)")
+        with merged(model, cfg.precision, on=ev.merge_adapter):
+            if ev.joint and joint.fits(model):
+                return joint.explain_and_sample(model, tok, task, pairs, precision=cfg.precision, sample=False,
+                                                verify_margin=cfg.verify_margin, batch_size=ev.batch_size,
+                                                max_new_tokens=ev.max_new_tokens, progress=True,
+                                                desc="explaining (intervention)")[0]
+            return generate(model, tok, explanation_prompts(task, pairs), precision=cfg.precision,
+                            batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, progress=True,
+                            desc="generating explanations (intervention)")
     return explain
 
 
@@ -121,7 +134,7 @@ def _run(cfg: RunConfig, spec: InterventionSpec, step: int, ck: Path, m0_path: P
 
     seed_everything(spec.seed)
     default = explain is None
-    explain = explain or default_explainer(cfg.precision, cfg.evaluate.batch_size, cfg.evaluate.max_new_tokens)
+    explain = explain or default_explainer(cfg)
     m0_beh, meta = read_table(m0_path)
     task = task_of(meta)
     pairs = pairs_from_table(m0_beh, task)
