@@ -1,7 +1,7 @@
 """introspect's own training step against TRL's, on the same examples, in one process: the cost of coupling for a TRL
 user, and introspect's step against a TRL SFTTrainer doing the same work.
 
-    python benchmarks/bench_trl.py runs/demo/train --steps 6 [--behavior-per-step 8] [--lam 0.3]
+    python benchmarks/bench_trl.py runs/demo/train --steps 6 [--behavior-per-step 8] [--lam 0.3] [--fast]
     python benchmarks/bench_trl.py runs/demo/train --dpo --steps 4    # TRL DPO with vs without the coupling terms
 
 Variants (LoRA r96 on the 7 projections, bf16 autocast, AdamW, lr 2e-4; 4 explanation examples per step):
@@ -11,7 +11,7 @@ Variants (LoRA r96 on the 7 projections, bf16 autocast, AdamW, lr 2e-4; 4 explan
                             per_device_train_batch_size 4
   TRL SFT + coupling        the same with introspect.integrations.trl's KL term on --behavior-per-step pairs
   TRL SFT + hand-written KL the same with the KL as a user would write it: a compute_loss override with its own
-                            forward over the pairs (left-padded, no prefix sharing, full LM head)
+                            forward over the pairs (left-padded, no prefix sharing, LM head on the last position)
 Each variant runs --warmup + --steps optimiser steps, twice (rounds in the order A B C D E, then E D C B A, so drift hits
 all alike); the step times (median over both rounds) give examples/s and the ratios. Writes
 benchmarks/results/bench_trl.json.
@@ -52,12 +52,16 @@ def StepClock() -> Any:
     return Clock()
 
 
-def native(train_dir: Path, lam: float, per_step: int, steps: int) -> list[float]:
+FAST_KEYS = ["compile=true", "cache_bf16_weights=true", "trees_per_row=2"]  # experiment 3's faster-step keys
+
+
+def native(train_dir: Path, lam: float, per_step: int, steps: int, fast: bool = False) -> list[float]:
     from accelerate import Accelerator
 
     cfg = load_config(train_dir / "train_config.json", [f"weights.behavior_kl={lam}", f"behavior_per_step={per_step}",
                                                          "explanation_per_step=4", "out_dir=/tmp/introspect_bench_trl",
-                                                         "probe_every=0", "monitor.every=0", "lr=2.0e-4"])
+                                                         "probe_every=0", "monitor.every=0", "lr=2.0e-4",
+                                                         *(FAST_KEYS if fast else [])])
     acc = Accelerator(cpu=True)
     loop, _ = T.prepare(cfg, acc, False, lambda message: None)
     times = []
@@ -102,8 +106,9 @@ def trl_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[floa
 
 def trl_hand_kl_run(train_dir: Path, lam: float, per_step: int, steps: int) -> list[float]:
     """TRL SFTTrainer with the KL written as a TRL user would without introspect: a `compute_loss` override that
-    runs its own forward over --behavior-per-step pairs (x and x∖C left-padded in one batch, full LM head, no prefix
-    sharing) and adds λ·KL(p_M0 ‖ p_θ) over the choices, p_M0 from the behaviour table."""
+    runs its own forward over --behavior-per-step pairs (x and x∖C left-padded in one batch, the LM head on the last position
+    only (`logits_to_keep=1`; the full head over every position ran out of memory here), no prefix sharing) and
+    adds λ·KL(p_M0 ‖ p_θ) over the choices, p_M0 from the behaviour table."""
     import numpy as np
     import torch
     from datasets import Dataset
@@ -133,7 +138,7 @@ def trl_hand_kl_run(train_dir: Path, lam: float, per_step: int, steps: int) -> l
             idx = rng.choice(len(with_c), per_step, replace=False)
             ids, mask = behavior.left_pad([with_c[i] for i in idx] + [without_c[i] for i in idx], tok.pad_token_id)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].float()
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1].float()
             logq = torch.log_softmax(behavior.group_logits(torch.log_softmax(logits, -1), groups), -1)
             target = p0[np.concatenate([idx, idx + len(with_c)])]
             kl = (target * (target.clamp_min(1e-12).log() - logq)).sum(-1).mean()
@@ -189,6 +194,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--behavior-per-step", type=int, default=8)
     ap.add_argument("--lam", type=float, default=0.3)
+    ap.add_argument("--fast", action="store_true", help="introspect's steps with the faster-step keys experiment 3 "
+                    "uses (compile, cache_bf16_weights, trees_per_row 2; the first step, which compiles, is warm-up)")
     ap.add_argument("--dpo", action="store_true", help="time TRL DPO with and without the coupling terms instead")
     ap.add_argument("--out", default=None, help="default: benchmarks/results/bench_trl.json (bench_trl_dpo.json with --dpo)")
     args = ap.parse_args()
@@ -197,8 +204,8 @@ def main() -> None:
     out = args.out or f"benchmarks/results/bench_trl{'_dpo' if args.dpo else ''}.json"
     if args.dpo:
         return dpo_main(args, d, n, out, threads)
-    variants = {"native explanation-only": lambda: native(d, 0.0, args.behavior_per_step, n),
-                "native coupling": lambda: native(d, args.lam, args.behavior_per_step, n),
+    variants = {"native explanation-only": lambda: native(d, 0.0, args.behavior_per_step, n, args.fast),
+                "native coupling": lambda: native(d, args.lam, args.behavior_per_step, n, args.fast),
                 "TRL SFT": lambda: trl_run(d, 0.0, args.behavior_per_step, n),
                 "TRL SFT + coupling": lambda: trl_run(d, args.lam, args.behavior_per_step, n),
                 "TRL SFT + hand-written KL": lambda: trl_hand_kl_run(d, args.lam, args.behavior_per_step, n)}
@@ -209,8 +216,8 @@ def main() -> None:
             print(f"  {name}: {statistics.median(got[name]):.2f} s/step so far", flush=True)
     med = {k: statistics.median(v) for k, v in got.items()}
     rows = [{"variant": k, "s_per_step_median": round(v, 3), "explanation_examples_per_s": round(4 / v, 3),
-             "steps": got[k], "behavior_per_step": args.behavior_per_step if "coupling" in k else 0, "lam": args.lam,
-             "threads": threads} for k, v in med.items()]
+             "steps": got[k], "behavior_per_step": args.behavior_per_step if "coupling" in k or "KL" in k else 0,
+             "lam": args.lam, "threads": threads, "fast_keys": args.fast and k.startswith("native")} for k, v in med.items()]
     ratios = {"native/TRL, explanation only (examples/s)": med["TRL SFT"] / med["native explanation-only"],
               "native/TRL, coupling step (examples/s)": med["TRL SFT + coupling"] / med["native coupling"],
               "native/TRL + hand-written KL forward, coupling step (examples/s)":
