@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 from introspect import behavior, joint, merged
 from introspect.checkpoints import applied, complete
-from introspect.config import seed_everything, set_threads, write_jsonl
+from introspect.files import write_jsonl
+from introspect.runtime import seed_everything, set_threads
 from introspect.evaluate import explanation_prompts, generate
 from introspect.models import load_model
 from introspect.run_config import config_of_run

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from introspect.config import set_threads, write_jsonl
+from introspect.files import write_jsonl
+from introspect.runtime import set_threads
 from introspect.train import load_config
 from introspect.train import trainer as T
 

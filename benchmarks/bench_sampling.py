@@ -28,9 +28,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from introspect.config import VERIFY_MARGIN
+from introspect.defaults import VERIFY_MARGIN
 from introspect.behavior import left_pad, autocast, choice_token_ids, encode_pairs, score_pairs
-from introspect.config import data_root, seed_everything, set_threads, write_jsonl
+from introspect.files import write_jsonl
+from introspect.paths import data_root
+from introspect.runtime import seed_everything, set_threads
 from introspect.models import load_model, render_prompt
 from introspect.tasks import get_task
 

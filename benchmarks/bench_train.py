@@ -40,7 +40,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from introspect import behavior, devices, labels
-from introspect.config import data_root, seed_everything, set_threads, write_jsonl
+from introspect.files import write_jsonl
+from introspect.paths import data_root
+from introspect.runtime import seed_everything, set_threads
 from introspect.models import load_model
 from introspect.tasks import get_task
 from introspect.train import LoraSpec, LossWeights, TrainConfig

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from introspect.config import seed_everything, set_threads, write_jsonl
+from introspect.files import write_jsonl
+from introspect.runtime import seed_everything, set_threads
 from introspect.models import load_model
 from introspect.tables import read_meta, read_table
 from introspect.train import load_config

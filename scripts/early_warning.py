@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from introspect.config import atomic_path
+from introspect.files import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ import torch
 
 from introspect import behavior, labels
 from introspect import tables as tbl
-from introspect.config import data_root
+from introspect.paths import data_root
 from introspect.models import load_model
 from introspect.tasks import get_task
 from introspect.train import LoraSpec, LossWeights, TrainConfig

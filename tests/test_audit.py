@@ -13,7 +13,7 @@ import pytest
 
 from introspect import audit, cli, labels, ledger
 from introspect import tables as tbl
-from introspect.config import UserError
+from introspect.errors import UserError
 from introspect.train import LossWeights, TrainConfig
 from introspect.train import trainer as T
 

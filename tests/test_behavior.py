@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from introspect import behavior, tables
-from introspect.config import UserError
+from introspect.errors import UserError
 from introspect.models import Loaded, render_prompt
 from introspect.tasks import get_task
 

@@ -13,7 +13,7 @@ import torch
 
 from introspect import devices
 from introspect import tables as tbl
-from introspect.config import UserError
+from introspect.errors import UserError
 
 
 def test_resolve_device() -> None:

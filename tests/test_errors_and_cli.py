@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from introspect import cli, models
-from introspect.config import DATA_ENV, UserError, atomic_path, data_root
+from introspect.errors import UserError
+from introspect.files import atomic_path
+from introspect.paths import DATA_ENV, data_root
 from introspect.labels import target_text
 
 

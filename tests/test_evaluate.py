@@ -116,7 +116,7 @@ def test_evaluate_resumes_without_recomputing(tiny_run: Path, monkeypatch: pytes
 
 
 def test_run_config_errors(tmp_path: Path) -> None:
-    from introspect.config import UserError
+    from introspect.errors import UserError
 
     bad = tmp_path / "c.yaml"
     bad.write_text("run_dir: x\nmodle: y\n")

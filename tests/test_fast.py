@@ -12,7 +12,7 @@ import torch
 
 from introspect import behavior, devices, labels
 from introspect import tables as tbl
-from introspect.config import UserError
+from introspect.errors import UserError
 from introspect.models import Loaded
 from introspect.tasks import get_task
 from introspect.train import LoraSpec, LossWeights, TrainConfig, fast

@@ -15,7 +15,8 @@ import yaml
 
 from conftest import write_tiny_run_config
 from introspect import checkpoints, cli
-from introspect.config import UserError, atomic_path
+from introspect.errors import UserError
+from introspect.files import atomic_path
 from introspect.locking import locked
 from introspect.pipeline import run
 from introspect.run_config import load_run_config
@@ -100,8 +101,8 @@ def test_disk_full_while_saving_is_one_line_and_resumes_bit_identically(tables, 
     assert [p.name for p in ck.iterdir()] == ["step_000002"]  # no half-written .tmp left
     monkeypatch.setattr(checkpoints.torch, "save", real)  # space freed
     assert cli.main(["train", str(cfg), "--resume"]) == 0
-    assert (checkpoints.weights_hash(ck / "step_000004", "")
-            == checkpoints.weights_hash(tmp_path / "full" / "checkpoints" / "step_000004", ""))
+    assert (checkpoints.checkpoint_hash(ck / "step_000004", "")
+            == checkpoints.checkpoint_hash(tmp_path / "full" / "checkpoints" / "step_000004", ""))
 
 
 def test_a_truncated_checkpoint_is_not_current(tables, tmp_path: Path) -> None:
@@ -258,10 +259,10 @@ def test_a_truncated_last_checkpoint_retrains_from_scratch(finished, tmp_path: P
     run_dir = tmp_path / "run"
     shutil.copytree(src, run_dir)
     ck = run_dir / "train" / "checkpoints" / "step_000002"
-    good = checkpoints.weights_hash(ck, "")
+    good = checkpoints.checkpoint_hash(ck, "")
     (ck / "adapter_model.safetensors").write_bytes(b"\0" * 10)
     assert cli.main(["run", str(cfg), "--set", f"run_dir={run_dir}"]) == 0
-    assert checkpoints.weights_hash(ck, "") == good  # re-made, same seed, same numbers
+    assert checkpoints.checkpoint_hash(ck, "") == good  # re-made, same seed, same numbers
 
 
 @pytest.mark.slow

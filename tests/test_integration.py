@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from introspect import behavior
-from introspect.config import UserError, data_root
+from introspect.errors import UserError
+from introspect.paths import data_root
 from introspect.models import load_model
 from introspect.tasks import get_task
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from introspect.config import UserError
+from introspect.errors import UserError
 from introspect.labels import Parsed, add_noise, make_labels, parse_explanation, target_text
 from introspect.tasks import get_task
 

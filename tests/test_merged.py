@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from introspect import merged
-from introspect.config import weights_hash
+from introspect.hashing import weights_hash
 
 
 @pytest.fixture()

@@ -130,7 +130,7 @@ def test_adapt_raises_lambda_when_agreement_falls(tables, tmp_path: Path, monkey
 
 
 def test_monitor_pairs_must_be_held_out(tables, tmp_path: Path) -> None:
-    from introspect.config import UserError
+    from introspect.errors import UserError
 
     cfg = _cfg(tables, tmp_path, "warn")
     cfg.monitor.pairs = tables["behavior"]  # the training pairs themselves
@@ -162,7 +162,7 @@ def test_run_samples_monitor_pairs_and_reports_decisions(tmp_path: Path) -> None
     assert "monitor" in (tmp_path / "run" / "report.html").read_text()
     del cfg["monitor_split"]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
-    from introspect.config import UserError
+    from introspect.errors import UserError
 
     with pytest.raises(UserError, match="needs monitor_split"):
         load_run_config(tmp_path / "bad.yaml")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from introspect import behavior
-from introspect.config import UserError
+from introspect.errors import UserError
 from introspect.models import Loaded
 from introspect.tasks import get_task
 from introspect.tasks.aita import FORMATS

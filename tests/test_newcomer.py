@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 from conftest import write_tiny_run_config  # noqa: E402
 from introspect import baselines, cli, selection  # noqa: E402
 from introspect.stages import evaluate as evaluate_stage  # noqa: E402
-from introspect.config import UserError  # noqa: E402
+from introspect.errors import UserError  # noqa: E402
 from introspect.pipeline import run  # noqa: E402
 from introspect.progress import Bar  # noqa: E402
 from introspect.report_figures import layout_problems  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import write_mmlu, write_tiny_run_config
 from introspect import cli
-from introspect.config import UserError
+from introspect.errors import UserError
 from introspect.locking import locked
 from introspect.pipeline import run
 from introspect.run_config import load_run_config

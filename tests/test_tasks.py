@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from introspect.config import UserError
+from introspect.errors import UserError
 from introspect.tasks import get_task
 from introspect.tasks.hint_mmlu import HINTS, LETTERS
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from introspect.config import seed_everything
+from introspect.runtime import seed_everything
 from introspect.integrations.trl import CouplingTerms, with_coupling
 from introspect.models import load_model
 from introspect.train import TrainConfig, train

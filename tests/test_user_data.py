@@ -9,7 +9,7 @@ import pytest
 
 from conftest import SUBJECTS, write_mmlu
 from introspect import cli
-from introspect.config import UserError
+from introspect.errors import UserError
 from introspect.labels import target_text
 from introspect.tables import read_table
 from introspect.tasks import get_task

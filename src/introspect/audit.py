@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from . import ledger
-from .config import VERIFY_MARGIN, UserError, atomic_path
+from .defaults import VERIFY_MARGIN
+from .errors import UserError
+from .files import atomic_path
 from .validity import MIN_AGREEMENT, audit_flags
 
 
@@ -68,7 +70,7 @@ def add(path: Path, model: str, *, tag: str, note: str = "", precision: str = "b
     """Sample the version's behaviour on the frozen pairs, generate its explanations, score, append to the ledger."""
     import pandas as pd
 
-    from .checkpoints import applied, meta as checkpoint_meta, weights_hash
+    from .checkpoints import applied, checkpoint_hash, meta as checkpoint_meta
     from .evaluate import evaluate_one
     from .models import load_model
     from .tasks import Pair, get_task
@@ -97,7 +99,7 @@ def add(path: Path, model: str, *, tag: str, note: str = "", precision: str = "b
                                      orig_labels=fixed, label=tag)
     d = res["self_minus_orig"]["exact_match"]
     version = {"tag": tag, "model": str(model), "checkpoint": str(ck) if ck else "", "note": note, "created": _now(),
-               "model_hash": weights_hash(ck, base.weights_hash), "n": res["n"],
+               "model_hash": checkpoint_hash(ck, base.weights_hash), "n": res["n"],
                "self_em": res["self"]["exact_match"]["value"], "orig_em": res["orig"]["exact_match"]["value"],
                "self_minus_orig": d["value"], "ci_low": d["ci"][0], "ci_high": d["ci"][1],
                "agreement": res["agreement"], "drift": res["drift"], "n_label_differs": res["n_label_differs"],

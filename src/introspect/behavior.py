@@ -26,7 +26,8 @@ import torch
 from . import devices, tree
 from .devices import autocast
 from .progress import bar as progress_bar
-from .config import VERIFY_MARGIN, UserError
+from .defaults import VERIFY_MARGIN
+from .errors import UserError
 from .models import render_prompt
 from .tasks import Pair, Task
 

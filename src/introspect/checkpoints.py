@@ -8,7 +8,6 @@ into place, so a killed save never looks complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -21,7 +20,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from .config import UserError
+from .errors import UserError
+from .hashing import files_digest
 from .models import peft_deprecation_silenced
 
 STATE = "trainer_state.pt"
@@ -46,7 +46,7 @@ def intact(path: Path, deep: bool = False) -> bool:
         present = f.is_file()
         if (not present and name != STATE) or (present and f.stat().st_size != size):
             return False
-    return not deep or "weights_hash" not in info or weights_hash(path, "") == info["weights_hash"]
+    return not deep or "weights_hash" not in info or checkpoint_hash(path, "") == info["weights_hash"]
 
 
 def last(ckdir: Path) -> Path | None:
@@ -58,17 +58,9 @@ def meta(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "meta.json").read_text())
 
 
-def weights_hash(path: Path | None, base_hash: str) -> str:
-    """Content hash of a checkpoint's weights files (or of M0 itself when `path` is None)."""
-    if path is None:
-        return base_hash
-    h = hashlib.blake2b(digest_size=8)
-    for f in sorted(Path(path).glob("*.safetensors")):
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 24):
-                h.update(chunk)
-    return h.hexdigest()
+def checkpoint_hash(path: Path | None, base_hash: str) -> str:
+    """Content hash of a checkpoint's weights files (or of M0 itself, `base_hash`, when `path` is None)."""
+    return base_hash if path is None else files_digest(sorted(Path(path).glob("*.safetensors")))
 
 
 def rng_state() -> dict[str, Any]:
@@ -92,7 +84,7 @@ def save(model: Any, opt: Any, sched: Any, ckdir: Path, step: int, info: dict[st
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "rng": rng_state()},
                    tmp / STATE)
         files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
-        (tmp / "meta.json").write_text(json.dumps({**info, "files": files, "weights_hash": weights_hash(tmp, "")},
+        (tmp / "meta.json").write_text(json.dumps({**info, "files": files, "weights_hash": checkpoint_hash(tmp, "")},
                                                   indent=2))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # disk full or interrupted: no half-written checkpoint is left

@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import DATA_ENV, REPO_ROOT, UserError, data_root, seed_everything, write_jsonl
+from .errors import UserError
+from .files import write_jsonl
+from .paths import DATA_ENV, REPO_ROOT, data_root
+from .runtime import seed_everything
 from .models import list_models
 from .run_config import RunConfig
 from .cli_audit import add_audit_parser

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .config import UserError
+from .errors import UserError
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import UserError, atomic_path
+from .errors import UserError
+from .files import atomic_path
 from .tables import read_table
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any
 
-from .config import UserError
+from .errors import UserError
 
 CHOICES = "auto, cpu, cuda or cuda:N"
 

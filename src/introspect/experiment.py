@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from . import controls as C
-from .config import UserError, atomic_path, read_yaml, stable_hash
+from .errors import UserError
+from .files import atomic_path, read_yaml
+from .hashing import stable_hash
 from .run_config import load_run_config
 from .tables import read_table
 from .typed import build

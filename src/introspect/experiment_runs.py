@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import UserError, atomic_path
+from .errors import UserError
+from .files import atomic_path
 from .experiment import (ExperimentSpec, eval_dir, intervention_dir, intervention_results, intervention_settings,
                          results_dir, run_name)
 from .run_config import load_run_config

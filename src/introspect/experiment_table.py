@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from .config import atomic_path
+from .files import atomic_path
 from .experiment import ExperimentSpec, eval_dir, run_name
 from .run_config import load_run_config
 from .tables import read_table

@@ -27,8 +27,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import behavior, controls, joint, labels, provenance
-from .checkpoints import applied, complete, weights_hash
-from .config import UserError, atomic_path, seed_everything, stable_hash
+from .checkpoints import applied, checkpoint_hash, complete
+from .errors import UserError
+from .files import atomic_path
+from .hashing import stable_hash
+from .runtime import seed_everything
 from .evaluate import compare, explanation_prompts, generate
 from .locking import locked
 from .merged import merged
@@ -140,15 +143,15 @@ def _run(cfg: RunConfig, spec: InterventionSpec, step: int, ck: Path, m0_path: P
     pairs = pairs_from_table(m0_beh, task)
     base = load_model(cfg.model, seed=cfg.seed, device=cfg.device)
     tc = cfg.train_config()
-    known = _evaluated_texts(cfg, step, weights_hash(ck, base.weights_hash), len(pairs)) if default else None
+    known = _evaluated_texts(cfg, step, checkpoint_hash(ck, base.weights_hash), len(pairs)) if default else None
     if known is not None:
         print(f"[intervene] step {step}: its explanations from {cfg.path('eval', f'step_{step:06d}')} (current)")
     with applied(base, ck, tc.finetune) as model:
         beh_before, before = _observe(model, base.tokenizer, task, pairs, m0_beh, cfg, explain, known)
     write_table(out / "before.parquet", before, {"checkpoint": str(ck)})
-    tmeta = table_meta(model_id=cfg.model, weights_hash=weights_hash(ck, base.weights_hash), task=task, pairs=pairs,
+    tmeta = table_meta(model_id=cfg.model, weights_hash=checkpoint_hash(ck, base.weights_hash), task=task, pairs=pairs,
                        seed=spec.seed, split=cfg.evaluate.split, precision=cfg.precision,
-                       verify_margin=cfg.verify_margin, inputs={"checkpoint": weights_hash(ck, "")})
+                       verify_margin=cfg.verify_margin, inputs={"checkpoint": checkpoint_hash(ck, "")})
     write_table(out / "behavior_before.parquet", beh_before, tmeta)
     write_table(out / "labels_before.parquet", labels.make_labels(beh_before, task), tmeta)
     itc = dataclasses.replace(

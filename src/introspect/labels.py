@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .config import UserError
+from .errors import UserError
 from .tables import pairs_from_table
 from .tasks import Task
 

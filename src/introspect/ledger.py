@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import UserError
+from .errors import UserError
 
 SCHEMA = 2
 KEY_ENV = "INTROSPECT_LEDGER_KEY"  # set at `audit init`: the chain is an HMAC under this key

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .config import UserError
+from .errors import UserError
 
 LOCK = ".lock"
 

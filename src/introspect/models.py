@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import shutil
@@ -19,7 +18,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 if TYPE_CHECKING:  # torch and transformers load on first use, so `introspect models` and `--help` start fast
     from transformers import PreTrainedModel
 
-from .config import UserError, cache_dir, set_threads, weights_hash
+from .errors import UserError
+from .hashing import file_digest, weights_hash
+from .paths import cache_dir
+from .runtime import set_threads
 
 
 @dataclass(frozen=True)
@@ -197,21 +199,6 @@ def _load_dir_or_hub(name: str) -> tuple[PreTrainedModel, Any]:
                         f"config)") from None
 
 
-_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
-
-
-def _file_hash(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _FINGERPRINTS:
-        h = hashlib.blake2b(digest_size=8)
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
-        _FINGERPRINTS[key] = h.hexdigest()
-    return _FINGERPRINTS[key]
-
-
 def fingerprint(name: str, *, seed: int = 0) -> str:
     """Content hash of a model's weights files, without loading it (what the staleness rule records)."""
     if name == TINY:
@@ -223,7 +210,7 @@ def fingerprint(name: str, *, seed: int = 0) -> str:
     else:
         return f"hub:{name}"  # a hub id: its revision is not resolved here
     files = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")])
-    return ",".join(f"{f.name}:{_file_hash(f)}" for f in files) or f"dir:{folder}"
+    return ",".join(f"{f.name}:{file_digest(f)}" for f in files) or f"dir:{folder}"
 
 
 @contextmanager

@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import clean_tmp
-from .config import UserError, atomic_path, data_root, seed_everything, writable
+from .errors import UserError
+from .files import atomic_path, writable
+from .paths import data_root
+from .runtime import seed_everything
 from .locking import locked
 from .models import check_lora_targets, linear_module_names
 from .progress import RunProgress, run_units

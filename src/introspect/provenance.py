@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import UserError, stable_hash
+from .errors import UserError
+from .hashing import stable_hash
 
 INPUTS = "inputs"
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import REPO_ROOT, UserError, atomic_path
+from .errors import UserError
+from .files import atomic_path
+from .paths import REPO_ROOT
 from .metrics import DEFINITIONS, METRICS
 from .report_figures import collapsed, figures
 from .validity import COLLAPSE_TOLERANCE, MIN_AGREEMENT

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import json  # noqa: E402
 
-from .config import atomic_path, read_jsonl  # noqa: E402
+from .files import atomic_path, read_jsonl  # noqa: E402
 from . import validity  # noqa: E402
 from .validity import COLLAPSE_TOLERANCE, MIN_AGREEMENT  # noqa: E402
 from .train.config import LossWeights  # noqa: E402

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from .config import DEFAULT_MODEL, VERIFY_MARGIN, UserError, read_yaml
+from .defaults import DEFAULT_MODEL, VERIFY_MARGIN
+from .errors import UserError
+from .files import read_yaml
 from .typed import apply_overrides, build
 from .train.config import TrainConfig, validate
 

@@ -8,37 +8,15 @@ metadata, or else the set of gold letters (sorted).
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .config import UserError
+from .errors import UserError
+from .files import read_rows
 
 TRUE, FALSE = {"true", "1", "changed", "yes"}, {"false", "0", "unchanged", "no"}
-
-
-def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
-    try:
-        if path.suffix.lower() == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                return [(reader.line_num, rec) for rec in reader]
-        out = []
-        with open(path, encoding="utf-8") as f:
-            for line, text in enumerate(f, 1):
-                if text.strip():
-                    try:
-                        out.append((line, json.loads(text)))
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{path}:{line}: not valid JSON ({e.msg})") from None
-        return out
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _check_ids(path: Path, rows: list[tuple[int, dict[str, Any]]], fields: tuple[str, ...]) -> None:
@@ -58,7 +36,7 @@ def _check_ids(path: Path, rows: list[tuple[int, dict[str, Any]]], fields: tuple
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
     path = Path(path)
-    rows = _rows(path)
+    rows = read_rows(path)
     _check_ids(path, rows, ("pair_id", "text"))
     for line, r in rows:
         if not isinstance(r["text"], str):
@@ -77,7 +55,7 @@ def read_gold(path: str | Path, choices: list[str] | None) -> tuple[pd.DataFrame
             if col not in df.columns:
                 raise UserError(f"{path}: column {col!r} missing (gold needs pair_id, changed, letter)")
         return df[["pair_id", "changed", "letter"]], choices or meta["choices"]
-    rows = _rows(path)
+    rows = read_rows(path)
     _check_ids(path, rows, ("pair_id", "changed", "letter"))
     out = []
     for line, r in rows:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .behavior import margin
-from .config import UserError
+from .errors import UserError
 
 
 def margins(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import UserError, atomic_path, stable_hash
+from .errors import UserError
+from .files import atomic_path
+from .hashing import stable_hash
 from .tasks import Pair, Task, get_task
 
 META_KEY = b"introspect"

@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .config import UserError
+from .errors import UserError
 
 
 def _type_name(tp: Any) -> str:

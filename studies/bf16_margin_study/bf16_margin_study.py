@@ -1,4 +1,4 @@
-"""How close must two choices be before bf16 may flip them? Chooses config.VERIFY_MARGIN.
+"""How close must two choices be before bf16 may flip them? Chooses defaults.VERIFY_MARGIN.
 
     python studies/bf16_margin_study/bf16_margin_study.py --n 200 --out studies/bf16_margin_study/bf16_margin_study.json
 
@@ -14,7 +14,8 @@ import argparse
 import numpy as np
 
 from introspect.behavior import choice_token_ids, encode_pairs, score_pairs
-from introspect.config import data_root, write_jsonl
+from introspect.files import write_jsonl
+from introspect.paths import data_root
 from introspect.models import load_model
 from introspect.tasks import get_task
 

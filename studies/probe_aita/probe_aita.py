@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from introspect.behavior import sample_behavior
-from introspect.config import data_root
+from introspect.paths import data_root
 from introspect.models import load_model
 from introspect.tasks import get_task
 from introspect.tasks.aita import FORMATS

@@ -16,7 +16,9 @@ import time
 import numpy as np
 
 from introspect.behavior import choice_token_ids, encode_pairs, score_pairs, summarize, sample_behavior
-from introspect.config import data_root, seed_everything, write_jsonl
+from introspect.files import write_jsonl
+from introspect.paths import data_root
+from introspect.runtime import seed_everything
 from introspect.models import load_model
 from introspect.tasks import get_task
 from introspect.tasks.hint_mmlu import FORMATS

@@ -15,7 +15,8 @@ import json
 import numpy as np
 
 from introspect.behavior import sample_behavior
-from introspect.config import atomic_path, data_root
+from introspect.files import atomic_path
+from introspect.paths import data_root
 from introspect.evaluate import generate
 from introspect.models import load_model
 from introspect.tasks import get_task

@@ -21,7 +21,9 @@ import torch
 
 
 from introspect import behavior, devices, labels, selection, tree
-from introspect.config import atomic_path, data_root, seed_everything
+from introspect.files import atomic_path
+from introspect.paths import data_root
+from introspect.runtime import seed_everything
 from introspect.models import load_model
 from introspect.tasks import get_task
 from introspect.train import TrainConfig

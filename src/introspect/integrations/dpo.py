@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import devices
-from ..config import UserError, atomic_path, seed_everything
+from ..errors import UserError
+from ..files import atomic_path
+from ..runtime import seed_everything
 from ..locking import locked
 from ..run_config import RunConfig
 from ..tables import read_meta, read_table, task_of

@@ -18,8 +18,11 @@ from typing import Any
 import pandas as pd
 
 from .. import baselines, devices, joint, metrics, provenance
-from ..checkpoints import applied, complete, weights_hash
-from ..config import UserError, atomic_path, seed_everything, stable_hash
+from ..checkpoints import applied, checkpoint_hash, complete
+from ..errors import UserError
+from ..files import atomic_path
+from ..hashing import stable_hash
+from ..runtime import seed_everything
 from ..evaluate import evaluate_one
 from ..labels import label_frame
 from ..merged import merged
@@ -119,7 +122,7 @@ def checkpoint_result(cfg: RunConfig, base: Any, es: EvalSet, step: int, path: P
     where |= {"merged_adapter": True} if merge else {}  # results made before merged evaluation keep their inputs
     one_pass = ev.joint and joint.fits(base.model)
     where |= {"joint": True} if one_pass else {}  # and those made before the one-pass evaluation theirs
-    wanted = provenance.inputs(checkpoint=weights_hash(path, base.weights_hash), eval_set=es.set_hash,
+    wanted = provenance.inputs(checkpoint=checkpoint_hash(path, base.weights_hash), eval_set=es.set_hash,
                                precision=cfg.precision, verify_margin=cfg.verify_margin, seed=seed,
                                max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, n_boot=ev.n_boot, **where)
     store = cfg.path("kept", "eval", out.parent.name)  # results of other settings' checkpoints (kept, not lost)

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import behavior, devices, provenance, selection
-from ..config import VERIFY_MARGIN, data_root, writable
+from ..defaults import VERIFY_MARGIN
+from ..files import writable
+from ..paths import data_root
 from ..models import fingerprint, load_model
 from ..tables import table_meta, write_table
 from ..tasks import get_task
@@ -22,7 +24,7 @@ class SampleSpec:
 
     model: str  # registry name, local dir or hub id
     task: str  # task name (tasks.TASKS)
-    root: Path  # the benchmark data folder (config.data_root resolves it)
+    root: Path  # the benchmark data folder (paths.data_root resolves it)
     split: str  # data split, e.g. val+dev, test
     n: int  # pairs kept
     seed: int  # pair draw, hint letters, selection

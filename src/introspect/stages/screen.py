@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import screen
-from ..config import UserError, atomic_path
+from ..errors import UserError
+from ..files import atomic_path
 from ..tables import read_table
 from ..tasks import get_task
 from . import sample

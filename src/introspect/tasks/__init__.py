@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import UserError
+from ..errors import UserError
 from .base import Pair, Task
 from .aita import AITA
 from .hint_mmlu import HintMMLU

@@ -20,12 +20,12 @@ Behaviour is the verdict read from the next token after "Verdict:": " YTA" and "
 
 from __future__ import annotations
 
-import csv
 import random
 from pathlib import Path
 from typing import Any
 
-from ..config import UserError
+from ..errors import UserError
+from ..files import read_rows
 from .base import HOLDOUT_SPLITS, Pair, Task, in_holdout_split, read_records
 
 FILE = "aita/aita_multiclass_top_2k_test_derived.csv"
@@ -51,17 +51,7 @@ def read_aita(path: Path) -> list[dict[str, str]]:
     """Every row of the shipped AITA file (the task's `posts` applies the verdict and min_chars rules)."""
     if not path.is_file():
         raise UserError(f"{path} does not exist: the data root must hold {FILE} (flag --data-root, variable INTROSPECT_DATA)")
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        need = {"row_index", "submission_text", "verdict"}
-        if not need <= set(reader.fieldnames or []):
-            raise UserError(f"{path}:1: header must contain {', '.join(sorted(need))}, got {reader.fieldnames}")
-        for rec in reader:
-            if None in rec or any(v is None for v in rec.values()):
-                raise UserError(f"{path}:{reader.line_num}: wrong number of columns")
-            rows.append(rec)
-    return rows
+    return [rec for _, rec in read_rows(path, need=("row_index", "submission_text", "verdict"))]
 
 
 class AITA(Task):

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import UserError
+from ..errors import UserError
+from ..files import read_rows
+from ..hashing import file_digest
 
 Messages = list[dict[str, str]]
 
@@ -37,44 +39,15 @@ class Pair:
 HOLDOUT_SPLITS = ("train", "test")
 
 
-def file_hash(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 def read_records(path: Path, columns: dict[str, str], option: str, may_be_empty: tuple[str, ...] = ()) -> list[dict[str, str]]:
     """Rows of a user's CSV or JSONL file as {our name: value} for `columns` = {our name: the file's column};
     a missing file, column or value is a UserError naming the file (and line) and the task option to change.
     Columns in `may_be_empty` may hold an empty value (read as ''): the task drops and counts such rows."""
-    import csv
-    import json
-    import sys
-
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist (task option {option})")
-    csv.field_size_limit(sys.maxsize)  # a long request is the task's max_chars rule to apply, not a csv error
+    if path.suffix.lower() not in (".csv", ".jsonl"):
+        raise UserError(f"{path}: user data must be .csv or .jsonl (task option {option})")
+    raw = read_rows(path, what=f"task option {option}")
     out = []
-    try:
-        if path.suffix.lower() == ".jsonl":
-            raw = []
-            with open(path, encoding="utf-8-sig") as f:  # -sig: a UTF-8 byte-order mark is not part of the first key
-                for i, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        raw.append((i, json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
-        elif path.suffix.lower() == ".csv":
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                raw = [(reader.line_num, rec) for rec in reader]
-        else:
-            raise UserError(f"{path}: user data must be .csv or .jsonl (task option {option})")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
-    except csv.Error as e:
-        raise UserError(f"{path}: not readable as CSV ({e}); check its quoting") from None
     first_line: dict[str, int] = {}
     for line, rec in raw:
         if not isinstance(rec, dict):
@@ -148,7 +121,7 @@ class Task(ABC):
 
     def sources(self, data_root: Path) -> dict[str, str]:
         """{path: content hash} of the data files read."""
-        return {str(Path(p).resolve()): file_hash(p) for p in self.source_files(data_root)}
+        return {str(Path(p).resolve()): file_digest(p, "sha256") for p in self.source_files(data_root)}
 
     def init_options(self) -> dict[str, Any]:
         """The constructor arguments: `get_task(name, **init_options())` rebuilds this task."""

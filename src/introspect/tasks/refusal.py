@@ -20,14 +20,14 @@ a short greedy reply classified by `refusal_phrase`) is compared with it in `stu
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import re
 from pathlib import Path
 from typing import Any
 
-from ..config import UserError
+from ..errors import UserError
+from ..files import read_rows
 from .base import HOLDOUT_SPLITS, Pair, Task, in_holdout_split, read_records
 
 PHTEST = "phtest/dataset_v0.1.csv"
@@ -68,11 +68,7 @@ BENIGN_LABELS = {"benign", "harmless", "unharmful", "safe", "0", "false", "no"}
 
 
 def _csv_column(path: Path, column: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if column not in (reader.fieldnames or []):
-            raise UserError(f"{path}:1: header must contain {column}")
-        return [rec[column].strip() for rec in reader if (rec[column] or "").strip()]
+    return [rec[column].strip() for _, rec in read_rows(path, need=(column,)) if rec[column].strip()]
 
 
 def load_requests(data_root: Path, sources: tuple[str, ...] = DEFAULT_SOURCES) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -86,15 +82,9 @@ def load_requests(data_root: Path, sources: tuple[str, ...] = DEFAULT_SOURCES) -
     harmful: list[tuple[str, str]] = []
     if "phtest" in sources:
         ph = data_root / PHTEST
-        with open(ph, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not {"ID", "Request", "Harmfulness"} <= set(reader.fieldnames or []):
-                raise UserError(f"{ph}:1: header must contain ID, Request, Harmfulness")
-            for rec in reader:
-                if rec["Request"] is None or rec["Harmfulness"] is None:
-                    raise UserError(f"{ph}:{reader.line_num}: wrong number of columns")
-                if rec["Harmfulness"] == "harmless" and rec["Request"].strip():
-                    benign.append((f"phtest/{rec['ID']}", rec["Request"].strip()))
+        for _, rec in read_rows(ph, need=("ID", "Request", "Harmfulness")):
+            if rec["Harmfulness"] == "harmless" and rec["Request"].strip():
+                benign.append((f"phtest/{rec['ID']}", rec["Request"].strip()))
     if "wildguard" in sources:
         import pandas as pd
 

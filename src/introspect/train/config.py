@@ -7,7 +7,9 @@ from typing import Literal
 from pathlib import Path
 
 
-from ..config import DEFAULT_MODEL, VERIFY_MARGIN, UserError, read_yaml
+from ..defaults import DEFAULT_MODEL, VERIFY_MARGIN
+from ..errors import UserError
+from ..files import read_yaml
 from ..validity import MIN_AGREEMENT
 from ..typed import apply_overrides, build, to_dict
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..config import UserError
+from ..errors import UserError
 
 
 def _base(model: Any) -> Any:

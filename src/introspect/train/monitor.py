@@ -87,7 +87,7 @@ class CouplingMonitor:
     that met the condition (in memory, to stop at or roll back to)."""
 
     def __init__(self, cfg: Any, tok: Any, task: Any, train_ids: set[str], say: Any) -> None:
-        from ..config import UserError
+        from ..errors import UserError
         from ..tables import pairs_from_table, read_table
 
         self.spec, self.tok, self.task, self.say = cfg.monitor, tok, task, say

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import behavior, tree
-from ..config import UserError
+from ..errors import UserError
 from ..models import render_prompt
 from . import objectives
 from .config import TrainConfig

@@ -29,7 +29,8 @@ from transformers import get_scheduler
 
 from .. import behavior, checkpoints, devices, progress, provenance
 from ..behavior import choice_token_ids, encode_pairs
-from ..config import UserError, seed_everything
+from ..errors import UserError
+from ..runtime import seed_everything
 from ..labels import agreement, drift, label_frame
 from ..models import check_lora_targets, linear_names, load_model, peft_deprecation_silenced
 from ..tables import pairs_from_table, read_table, task_of
@@ -96,7 +97,7 @@ def train_inputs(cfg: TrainConfig) -> dict[str, str]:
             del conf[f.name]
     conf["monitor"] = {k: v for k, v in conf["monitor"].items() if k != "pairs"}  # a path: its table's inputs below
     if conf.get("init_from"):  # a path: the starting weights' content hash instead
-        conf["init_from"] = checkpoints.weights_hash(Path(cfg.init_from), "")
+        conf["init_from"] = checkpoints.checkpoint_hash(Path(cfg.init_from), "")
     tables = {"behavior": cfg.behavior, "labels": cfg.labels, **({"monitor_pairs": cfg.monitor.pairs} if cfg.monitor.every else {})}
     return provenance.inputs(config=conf, **{k: provenance.stored_inputs(Path(p)) or read_table(p)[1] for k, p in tables.items()})
 

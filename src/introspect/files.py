@@ -1,89 +1,18 @@
-"""Shared plumbing: data root, cache dir, seeding, hashing, atomic writes, typed errors."""
+"""Files on disk: atomic writes (a temp file renamed into place: nothing half-written), a writability check before
+any work, and the readers of YAML configs and of row files (CSV / JSONL) with errors that name the file and line."""
 
 from __future__ import annotations
 
-import hashlib
+import csv
 import json
 import os
-import random
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterable, Iterator
 
-if TYPE_CHECKING:  # torch and numpy load on first use: `introspect --help` starts in well under a second
-    import torch
-
-DATA_ENV = "INTROSPECT_DATA"
-CACHE_ENV = "INTROSPECT_CACHE"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = "smollm2-135m-instruct"  # M0 when a config or flag names none (the bundled SmolLM2)
-VERIFY_MARGIN = 0.015  # bf16 near-ties closer than this (nats) are re-scored in fp32; see docs/benchmarks.md
-
-
-class UserError(Exception):
-    """An error the user can fix; the message says what to change (file:line, flag, config key)."""
-
-
-def data_root(flag: str | os.PathLike[str] | None = None) -> Path:
-    """The benchmark data folder: --data-root flag, else $INTROSPECT_DATA, else ../shared/data."""
-    if flag is not None:
-        root, origin = Path(flag), "--data-root"
-    elif os.environ.get(DATA_ENV):
-        root, origin = Path(os.environ[DATA_ENV]), f"${DATA_ENV}"
-    else:
-        candidates = [Path.cwd() / "../shared/data", REPO_ROOT / "../shared/data"]
-        root = next((c for c in candidates if c.is_dir()), candidates[0])
-        origin = "the default ../shared/data"
-    if not root.is_dir():
-        raise UserError(
-            f"data root {root} (from {origin}) does not exist: pass --data-root DIR "
-            f"or set {DATA_ENV}=DIR to the folder that holds mmlu/, aita/, wildguard/ ..."
-        )
-    return root.resolve()
-
-
-def cache_dir() -> Path:
-    """Where converted models are cached: $INTROSPECT_CACHE, else ~/.cache/introspect."""
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "introspect")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def seed_everything(seed: int) -> None:
-    """One seed for Python, NumPy and torch."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_threads() -> int:
-    """Use every core this process may run on."""
-    import torch
-
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(n)
-    return n
-
-
-def stable_hash(obj: Any) -> str:
-    """Short content hash of a JSON-serialisable object (key order does not matter)."""
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    """Content hash of a model's parameters and buffers (names, shapes, dtypes, values)."""
-    import torch
-
-    h = hashlib.blake2b(digest_size=8)
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+from .errors import UserError
 
 
 @contextmanager
@@ -102,7 +31,6 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-
 def writable(out: Path) -> None:
     """Fail before any work when the file `out` cannot be written (not after an hour of sampling)."""
     if out.is_dir():
@@ -115,6 +43,7 @@ def writable(out: Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise UserError(f"cannot write {out} ({e.strerror}): choose another output path (flag --out / config key run_dir)") from None
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -160,14 +89,53 @@ def read_yaml(path: str | os.PathLike[str], flag: str = "--config") -> dict[str,
     return data
 
 
+def read_rows(path: str | os.PathLike[str], *, need: Iterable[str] = (), what: str = "") -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every row of a CSV file (with a header) or a JSONL file (blank lines skipped): the one
+    reader of users' row files. `need`: columns every record must have (a CSV header, each JSONL object); `what`: the
+    flag or option that named the file, put into each error. A missing file, non-UTF-8 text, bad quoting, bad JSON, a
+    row with the wrong number of columns or a missing column is a UserError naming the file and line."""
+    path, need = Path(path), tuple(need)
+    hint = f" ({what})" if what else ""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist{hint}")
+    csv.field_size_limit(sys.maxsize)  # a long cell is the caller's rule to apply (e.g. max_chars), not a csv error
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of a key
+                reader = csv.DictReader(f)
+                missing = [c for c in need if c not in (reader.fieldnames or [])]
+                if missing:
+                    raise UserError(f"{path}:1: header must contain {', '.join(need)} (missing {', '.join(missing)})")
+                rows = []
+                for rec in reader:
+                    if None in rec or any(v is None for v in rec.values()):
+                        raise UserError(f"{path}:{reader.line_num}: wrong number of columns (the header has "
+                                        f"{len(reader.fieldnames or [])})")
+                    rows.append((reader.line_num, rec))
+                return rows
+        if path.suffix.lower() != ".jsonl":
+            raise UserError(f"{path}: expected a .csv or .jsonl file{hint}")
+        rows = []
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                missing = [c for c in need if not isinstance(rec, dict) or c not in rec]
+                if missing:
+                    raise UserError(f"{path}:{lineno}: expected an object with fields {', '.join(need)} "
+                                    f"(missing {', '.join(missing)})")
+                rows.append((lineno, rec))
+        return rows
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    except csv.Error as e:
+        raise UserError(f"{path}: not readable as CSV ({e}); check its quoting") from None
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    return rows
+    """The records of a JSONL file the tool wrote (metrics.jsonl, results): read_rows without the line numbers."""
+    return [rec for _, rec in read_rows(path)]
