@@ -102,7 +102,7 @@ def run(spec: ExperimentSpec) -> None:
                     else choose_lambda(spec))
         for seed in spec.seeds:
             config = config_path(spec, spec.primary, seed)
-            if load_run_config(config).train["weights"]["behavior_kl"] != float(lam_star):
+            if load_run_config(config).train.weights.behavior_kl != float(lam_star):
                 raise UserError(f"{config}: train.weights.behavior_kl must be lambda* = {lam_star} ({sel.record}); "
                                 f"set it in the config and commit before running the arms")
     order = sorted(((seed, arm != spec.primary, arm) for arm in spec.arms for seed in spec.seeds))

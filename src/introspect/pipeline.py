@@ -27,10 +27,9 @@ from .locking import locked
 from .models import check_lora_targets, linear_module_names
 from .progress import RunProgress, run_units
 from .report import headline
-from .run_config import RunConfig
+from .run_config import RunConfig, stored
 from .stages import evaluate, label, report, sample, train
 from .tasks import get_task
-from .typed import to_dict
 
 
 def run(cfg: RunConfig) -> Path:
@@ -47,7 +46,7 @@ def run(cfg: RunConfig) -> Path:
         for p in clean_tmp(Path(cfg.run_dir)):
             print(f"[run] removed {p} (left by a killed write)")
         with atomic_path(cfg.path("run_config.json")) as tmp:
-            tmp.write_text(json.dumps(to_dict(cfg), indent=2))
+            tmp.write_text(json.dumps(stored(cfg), indent=2))
         progress.start("sample")
         source = sample.run(sample.from_run(cfg), cfg.path("train", "behavior.parquet"))
         progress.done("sample", prompts=2 * max(cfg.train_n, cfg.selection.pool) if written_since(source, t0) else 0)

@@ -7,16 +7,16 @@ by training; `evaluate.max_new_tokens` / `evaluate.batch_size` by every generati
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-
 from .defaults import DEFAULT_MODEL, VERIFY_MARGIN
 from .errors import UserError
 from .files import read_yaml
-from .typed import apply_overrides, build
+from .typed import apply_overrides, build, to_dict
 from .train.config import TrainConfig, validate
 
 
@@ -64,7 +64,8 @@ class RunConfig:
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N: every stage
     verify_margin: float = VERIFY_MARGIN  # bf16 near-ties closer than this (nats) are re-scored in fp32; 0 = off
     selection: Selection = field(default_factory=Selection)  # applied to the training pairs and the eval pairs
-    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys; paths, model, seed, precision filled in
+    train: TrainConfig = field(default_factory=TrainConfig)  # the trainer's keys (section train.); the run sets
+    #   behavior, labels, out_dir, model, seed, precision, verify_margin and device itself (setting them here is an error)
     monitor_split: str = ""  # with train.monitor.every > 0: the held-out split the monitor's pairs are sampled from
     evaluate: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation of every checkpoint
 
@@ -72,22 +73,41 @@ class RunConfig:
         return Path(self.run_dir).joinpath(*parts)
 
     def train_config(self, where: str = "config") -> TrainConfig:
+        """The trainer's config: the train section with the keys the run owns (RUN_SETS) filled in."""
         fixed = {"behavior": str(self.path("train", "behavior.parquet")), "labels": str(self.path("train", "labels.parquet")),
                  "out_dir": str(self.path("train")), "model": self.model, "seed": self.seed, "precision": self.precision,
                  "verify_margin": self.verify_margin, "device": self.device}
-        clash = sorted(set(fixed) & set(self.train))
-        if clash:
-            raise UserError(f"config key train.{clash[0]} is set by the run (remove it from the train section)")
-        section = dict(self.train)
-        monitor = dict(section.get("monitor") or {})
-        if monitor.get("every") and not monitor.get("pairs"):  # sampled by the run from monitor_split
-            section["monitor"] = {**monitor, "pairs": str(self.path("train", "monitor_behavior.parquet"))}
-        return validate(build(TrainConfig, {**section, **fixed}, where, prefix="train."), f"{where}: config key train")
+        monitor = self.train.monitor
+        if self.monitor_sampled():  # sampled by the run from monitor_split
+            monitor = dataclasses.replace(monitor, pairs=str(self.path("train", "monitor_behavior.parquet")))
+        return validate(dataclasses.replace(self.train, **fixed, monitor=monitor), f"{where}: config key train")
 
     def monitor_sampled(self) -> bool:
         """Whether the run samples the coupling monitor's pairs itself (monitor on, no monitor.pairs given)."""
-        monitor = self.train.get("monitor") or {}
-        return bool(monitor.get("every")) and not monitor.get("pairs")
+        return bool(self.train.monitor.every) and not self.train.monitor.pairs
+
+
+# train keys the run sets from its own keys and folders: a run config may not set them in its train section
+RUN_SETS = ("behavior", "labels", "out_dir", "model", "seed", "precision", "verify_margin", "device")
+
+
+def _own_train_keys(data: dict[str, Any], where: str, *, stored: bool = False) -> dict[str, Any]:
+    """`data` with its train section checked for keys the run sets (an error), or, for a stored run_config.json,
+    with them dropped (they were written as their defaults and the run fills them in)."""
+    section = data.get("train")
+    if not isinstance(section, dict):
+        return data
+    clash = sorted(set(RUN_SETS) & set(section))
+    if clash and not stored:
+        raise UserError(f"{where}: config key train.{clash[0]} is set by the run (remove it from the train section)")
+    return {**data, "train": {k: v for k, v in section.items() if k not in RUN_SETS}}
+
+
+def stored(cfg: RunConfig) -> dict[str, Any]:
+    """What run_config.json holds: every key, the train section without the keys the run sets."""
+    data = to_dict(cfg)
+    data["train"] = {k: v for k, v in data["train"].items() if k not in RUN_SETS}
+    return data
 
 
 def validate_run(cfg: RunConfig, where: str) -> RunConfig:
@@ -115,7 +135,7 @@ def validate_run(cfg: RunConfig, where: str) -> RunConfig:
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """A run config from YAML with `--set a.b.c=VALUE` overrides; every key and type checked before any work."""
-    data = apply_overrides(read_yaml(path, "introspect run CONFIG"), overrides or [])
+    data = _own_train_keys(apply_overrides(read_yaml(path, "introspect run CONFIG"), overrides or []), str(path))
     return validate_run(build(RunConfig, data, str(path)), str(path))
 
 
@@ -124,6 +144,6 @@ def config_of_run(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / "run_config.json"
     if not path.is_file():
         raise UserError(f"{path} does not exist: RUN_DIR must come from `introspect run CONFIG`")
-    data = json.loads(path.read_text())
+    data = _own_train_keys(json.loads(path.read_text()), str(path), stored=True)
     data["run_dir"] = str(run_dir)
     return validate_run(build(RunConfig, data, str(path)), str(path))

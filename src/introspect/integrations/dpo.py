@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..files import atomic_path
 from ..runtime import seed_everything
 from ..locking import locked
-from ..run_config import RunConfig
+from ..run_config import RunConfig, stored
 from ..tables import read_meta, read_table, task_of
 from ..typed import to_dict
 
@@ -52,7 +52,7 @@ def run(cfg: RunConfig, *, beta: float = 0.1) -> Path:
     tc = cfg.train_config()
     with locked(Path(cfg.run_dir)):
         with atomic_path(cfg.path("run_config.json")) as tmp:
-            tmp.write_text(json.dumps(to_dict(cfg), indent=2))
+            tmp.write_text(json.dumps(stored(cfg), indent=2))
         beh = sample.run(sample.from_run(cfg), cfg.path("train", "behavior.parquet"))
         lab = label.run(label.LabelSpec(beh, cfg.label_noise, cfg.seed), cfg.path("train", "labels.parquet"))
         task = task_of(read_meta(beh))  # the table's provenance only; preference_rows reads its rows
@@ -61,7 +61,8 @@ def run(cfg: RunConfig, *, beta: float = 0.1) -> Path:
             raise UserError(f"{beh}: no training pair whose answer the feature changes: nothing for DPO to prefer")
         print(f"[dpo] {len(rows)} preference pairs (the hint changed M0's answer) of {cfg.train_n} training pairs")
         loaded = load_model(cfg.model, seed=cfg.seed, hash_weights=False)
-        keys = {k: v for k, v in cfg.train.items() if k not in ("monitor",)}
+        keys = {k: v for k, v in to_dict(tc).items() if k not in ("monitor", "behavior", "labels", "out_dir", "model",
+                                                                  "precision", "seed")}
         terms = CouplingTerms.from_tables(beh, lab, loaded.tokenizer, precision=cfg.precision, seed=cfg.seed, **keys)
         args = DPOConfig(output_dir=str(cfg.path("train", "trl")), max_steps=tc.steps, learning_rate=tc.lr,
                          per_device_train_batch_size=min(4, len(rows)), beta=beta, report_to="none",
