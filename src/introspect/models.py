@@ -116,9 +116,24 @@ def bundled_path(name: str) -> Path:
 
 
 def smollm2_tokenizer() -> Any:
+    """SmolLM2's tokenizer (the tests' tiny model uses it): from the converted model when it is cached, else read from
+    the GGUF's metadata alone and cached on its own, so a fresh machine does not convert the whole model for it."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(bundled_path("smollm2-135m-instruct"))
+    name = "smollm2-135m-instruct"
+    converted = cache_dir() / "models" / name
+    if (converted / "config.json").is_file() and (converted / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(converted)
+    target = cache_dir() / "tokenizers" / name
+    if not (target / "tokenizer_config.json").is_file():
+        spec = BUNDLED[name]
+        tok = AutoTokenizer.from_pretrained(_package_dir(spec), gguf_file=spec.filename)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tok.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)  # atomic, as the model's conversion
+    return AutoTokenizer.from_pretrained(target)
 
 
 def tiny_random(seed: int = 0, layers: int = 2, hidden: int = 64) -> tuple[PreTrainedModel, Any]:
