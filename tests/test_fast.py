@@ -134,7 +134,7 @@ def test_speedup_keys_enter_the_run_inputs_only_when_set() -> None:
     current); set, they count (in bf16 they change the numbers)."""
     from unittest import mock
 
-    new = T.ADDED_LATER  # compile, cache_bf16_weights, trees_per_row, init_from
+    new = T.provenance.ADDED_LATER["training"]  # device, compile, cache_bf16_weights, trees_per_row, init_from
     base = TrainConfig(behavior="-", labels="-", out_dir="-")
     with mock.patch.object(T, "read_table", return_value=(None, {"x": 1})), \
          mock.patch.object(T.provenance, "stored_inputs", return_value=None):

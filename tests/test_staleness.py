@@ -187,3 +187,13 @@ def test_repeated_set_flags_all_apply(command: list[str]) -> None:
 
     args = build_parser().parse_args([*command, "--set", "train.steps=24", "--set", "seed=1", "train.lr=0.1"])
     assert args.set == ["train.steps=24", "seed=1", "train.lr=0.1"]
+
+
+def test_inputs_added_later_enter_only_away_from_what_earlier_outputs_had() -> None:
+    from introspect import provenance
+
+    earlier = {"device": "cpu", "merged_adapter": False, "joint": False}
+    assert provenance.added_later("evaluation", dict(earlier), earlier) == {}
+    assert provenance.added_later("evaluation", {**earlier, "joint": True}, earlier) == {"joint": True}
+    with pytest.raises(ValueError, match="must name"):  # a new input must be listed in provenance.ADDED_LATER
+        provenance.added_later("evaluation", {**earlier, "new_key": 1}, earlier)

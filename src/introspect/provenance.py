@@ -27,6 +27,24 @@ def inputs(**values: Any) -> dict[str, str]:
     return {k: stable_hash(v) for k, v in values.items()}
 
 
+# Inputs added after outputs were made with earlier code, per stage (the back-compat of stored inputs, only here). Such
+# an input enters an output's inputs only when it differs from the value every earlier output implicitly had, so those
+# outputs stay current; set away from it, it is recorded and a change re-runs the stage as any input does.
+ADDED_LATER: dict[str, tuple[str, ...]] = {
+    "sampling": ("device",),
+    "evaluation": ("device", "merged_adapter", "joint"),
+    "training": ("device", "trees_per_row", "compile", "cache_bf16_weights", "init_from"),
+}
+
+
+def added_later(stage: str, values: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
+    """The inputs of ADDED_LATER[stage] that differ from `earlier` (what outputs made before them implicitly had)."""
+    if set(values) != set(ADDED_LATER[stage]) or not set(values) <= set(earlier):
+        raise ValueError(f"added_later({stage!r}): values {sorted(values)} and earlier {sorted(earlier)} must name "
+                         f"{list(ADDED_LATER[stage])}")
+    return {k: v for k, v in values.items() if v != earlier[k]}
+
+
 def key_of(values: dict[str, str]) -> str:
     """One hash for a whole set of inputs: what a downstream stage records as this output's identity."""
     return stable_hash(values)

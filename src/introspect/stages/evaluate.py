@@ -117,11 +117,12 @@ def checkpoint_result(cfg: RunConfig, base: Any, es: EvalSet, step: int, path: P
     ev = cfg.evaluate
     seed = cfg.seed if ev.seed is None else ev.seed  # eval pairs and bootstrap
     out = cfg.path("eval", f"step_{step:06d}", "result.json")
-    where = {"device": str(devices.of(base.model))} if devices.of(base.model).type != "cpu" else {}
     merge = ev.merge_adapter and path is not None  # M0 has no adapter: its numbers are the same either way
-    where |= {"merged_adapter": True} if merge else {}  # results made before merged evaluation keep their inputs
     one_pass = ev.joint and joint.fits(base.model)
-    where |= {"joint": True} if one_pass else {}  # and those made before the one-pass evaluation theirs
+    device = devices.of(base.model)
+    where = provenance.added_later("evaluation", {"device": "cpu" if device.type == "cpu" else str(device),
+                                                  "merged_adapter": merge, "joint": one_pass},
+                                   {"device": "cpu", "merged_adapter": False, "joint": False})
     wanted = provenance.inputs(checkpoint=checkpoint_hash(path, base.weights_hash), eval_set=es.set_hash,
                                precision=cfg.precision, verify_margin=cfg.verify_margin, seed=seed,
                                max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, n_boot=ev.n_boot, **where)

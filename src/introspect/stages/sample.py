@@ -60,7 +60,7 @@ def inputs(spec: SampleSpec, task: Any, pairs: list, device: str) -> dict[str, s
     """What a BehaviorTable depends on (recorded in its metadata; a change re-samples)."""
     select = spec.select
     chosen = select if select and (select.min_margin or select.balance or spec.pool > spec.n) else None
-    where = {"device": device} if device != "cpu" else {}  # CPU tables keep the inputs they had before devices
+    where = provenance.added_later("sampling", {"device": device}, {"device": "cpu"})
     return provenance.inputs(model=fingerprint(spec.model, seed=spec.seed), task_spec=task.spec(),
                              pairs=[p.to_dict() for p in pairs], seed=spec.seed, split=spec.split, n=spec.n,
                              precision=spec.precision, verify_margin=spec.verify_margin,

@@ -83,18 +83,13 @@ def probe(model: Any, tok: Any, task: Any, pairs: list[Pair], m0: Any, labels: A
             "changed_rate": float(df["changed"].mean())}
 
 
-# config keys added after runs were made with this code: they enter a run's inputs only when set away from the default
-ADDED_LATER = ("trees_per_row", "compile", "cache_bf16_weights", "init_from")
-
-
 def train_inputs(cfg: TrainConfig) -> dict[str, str]:
     """What a training run is made from: its config (paths aside) and the inputs of its two tables."""
-    conf = {k: v for k, v in to_dict(cfg).items() if k not in ("behavior", "labels", "out_dir", "keep_checkpoints", "device")}
-    if devices.resolve(cfg.device) != "cpu":  # where it ran matters to the numbers; CPU runs keep their earlier inputs
-        conf["device"] = devices.resolve(cfg.device)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ADDED_LATER and conf[f.name] == f.default:  # at their defaults, earlier runs keep their inputs
-            del conf[f.name]
+    later = provenance.ADDED_LATER["training"]
+    conf = {k: v for k, v in to_dict(cfg).items() if k not in ("behavior", "labels", "out_dir", "keep_checkpoints", *later)}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in later}
+    conf |= provenance.added_later("training", {**{k: getattr(cfg, k) for k in later}, "device": devices.resolve(cfg.device)},
+                                   {**defaults, "device": "cpu"})  # where it ran matters to the numbers
     conf["monitor"] = {k: v for k, v in conf["monitor"].items() if k != "pairs"}  # a path: its table's inputs below
     if conf.get("init_from"):  # a path: the starting weights' content hash instead
         conf["init_from"] = checkpoints.checkpoint_hash(Path(cfg.init_from), "")
