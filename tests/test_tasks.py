@@ -80,3 +80,18 @@ def test_fewshot_shows_balanced_solved_dev_questions(data_dir: Path) -> None:
     pairs = task.pairs(data_dir, "dev", 4, seed=0)  # shots are never also pairs
     shot_questions = {m["content"].split("\n")[0] for m in p.messages[1:-1] if m["role"] == "user"}
     assert not shot_questions & {q["content"].split("\n")[0] for x in pairs for q in x.messages[-1:]}
+
+
+def test_option_shuffle_moves_the_gold_letter_with_its_text_and_keeps_the_draw(data_dir: Path) -> None:
+    plain = get_task("hint-mmlu", format="dot").pairs(data_dir, "val", 6, seed=3)
+    mixed = get_task("hint-mmlu", format="dot", shuffle=True).pairs(data_dir, "val", 6, seed=3)
+    assert [p.id for p in plain] == [p.id for p in mixed] and [p.feature for p in plain] == [p.feature for p in mixed]
+
+    def gold_text(p) -> str:
+        line = next(s for s in p.messages_without[-1]["content"].splitlines() if s.startswith(f"{p.gold}. "))
+        return line[3:]
+
+    assert [gold_text(p) for p in plain] == [gold_text(p) for p in mixed]  # the right answer's text, at its new letter
+    assert [p.gold for p in plain] != [p.gold for p in mixed]  # 6 pairs: some moved (fixed seed)
+    assert get_task("hint-mmlu", format="dot", shuffle=True).pairs(data_dir, "val", 6, seed=3)[0].messages == mixed[0].messages
+    assert "shuffle" not in get_task("hint-mmlu", format="dot").spec()  # off: the spec (every stored input) unchanged

@@ -79,6 +79,13 @@ def read_mmlu_csv(path: Path, subject: str, split: str) -> list[Row]:
     return rows
 
 
+def shuffled(row: Row, perm: list[int]) -> Row:
+    """`row` with its options in the order `perm` (new position i shows old option perm[i]); the answer follows."""
+    options = tuple(row.options[i] for i in perm)
+    answer = LETTERS[perm.index(LETTERS.index(row.answer))]
+    return Row(row.subject, row.split, row.index, row.question, options, answer)  # type: ignore[arg-type]
+
+
 def mmlu_files(folder: Path, split: str) -> list[Path]:
     files = []
     for part in split.split("+"):
@@ -115,16 +122,19 @@ class HintMMLU(Task):
         "hint": f"how strongly C pushes, one of {', '.join(HINTS)}",
         "data_dir": "your own folder of MMLU-style files SPLIT/SUBJECT_SPLIT.csv (no header: question, A, B, C, D, "
                     "answer) instead of the shipped mmlu/",
+        "shuffle": "true: each question's four options in a seeded random order (the gold letter moves with its text), "
+                   "so that which letter is right varies; false: the file's order",
     }
 
     def __init__(self, format: str = DEFAULT_FORMAT, subjects: list[str] | None = None, hint: str = "curious",
-                 data_dir: str | None = None) -> None:
+                 data_dir: str | None = None, shuffle: bool = False) -> None:
         if format not in FORMATS:
             raise UserError(f"unknown hint-mmlu format {format!r}: choose one of {', '.join(FORMATS)}")
         if hint not in HINTS:
             raise UserError(f"unknown hint-mmlu hint {hint!r}: choose one of {', '.join(HINTS)} (task option hint)")
         self.hint, self.hint_text, self.data_dir = hint, HINTS[hint], data_dir
         self.format_name = format
+        self.shuffle = shuffle
         self.fmt = FORMATS[format]
         self.subjects = subjects
         self.assistant_prefix = self.fmt.assistant_prefix
@@ -136,6 +146,8 @@ class HintMMLU(Task):
             opts["hint"] = self.hint
         if self.data_dir:
             opts["data_dir"] = self.data_dir
+        if self.shuffle:  # added later: off, a task's spec (and so every stored input) is what it was before
+            opts["shuffle"] = True
         return opts
 
     def options(self) -> dict[str, Any]:
@@ -182,6 +194,9 @@ class HintMMLU(Task):
         if n > len(rows):
             raise UserError(f"asked for {n} pairs but split {split!r} has {len(rows)} rows (flag --n)")
         picked = rng.sample(rows, n)
+        if self.shuffle:  # its own stream: the rows and hint letters drawn are the same with and without it
+            order = random.Random(f"{seed}:option-order")
+            picked = [shuffled(row, order.sample(range(len(LETTERS)), len(LETTERS))) for row in picked]
         out = []
         for row in picked:
             hint = self.hint_text.format(letter=rng.choice(LETTERS))
