@@ -33,19 +33,29 @@ class Decision:
 
 
 def measure(model: Any, tok: Any, task: Any, pairs: list, m0: Any, *, precision: str, verify_margin: float,
-            max_new_tokens: int) -> dict[str, float]:
-    """Self / Orig / HC-F1 / predicted-changed / agreement / drift / KL to M0 on the monitor pairs, model as it is now."""
+            max_new_tokens: int = MonitorSpec.max_new_tokens, labels: Any = None,
+            explain: bool = True) -> dict[str, float]:
+    """The one measurement of a model during training, as it is now: B(M_t) re-sampled on `pairs`, and with `explain`
+    the explanations generated and scored (Self / Orig / HC-F1 / predicted-changed / agreement / drift / KL to M0: the
+    monitor's check). Without `explain` (the trainer's probe): drift from M0, agreement of the fixed `labels` (M0's
+    when None) with current behaviour, and the changed rate."""
     from .. import behavior
     from ..evaluate import compare, explanation_prompts, generate
+    from ..labels import agreement, drift, label_frame
 
     was_training = model.training
     model.eval()
-    texts = generate(model, tok, explanation_prompts(task, pairs), precision=precision, max_new_tokens=max_new_tokens)
+    texts = generate(model, tok, explanation_prompts(task, pairs), precision=precision,
+                     max_new_tokens=max_new_tokens) if explain else None
     beh, _ = behavior.sample_behavior(model, tok, task, pairs, precision=precision, verify_margin=verify_margin,
                                       progress=False)
     if was_training:
         model.train()
-    res, _ = compare(texts, beh, m0, task.choices, seed=0, n_boot=1)
+    if texts is None:
+        fixed = label_frame(m0) if labels is None else labels
+        return {"drift": float(drift(beh, m0).mean()), "agreement": float(agreement(label_frame(beh), fixed).mean()),
+                "changed_rate": float(beh["changed"].mean())}
+    res, _ = compare(texts, beh, m0, task.choices, seed=0, n_boot=1, orig_labels=labels)
     p0 = np.array(m0["probs"].tolist() + m0["probs_without"].tolist())
     pt = np.array(beh["probs"].tolist() + beh["probs_without"].tolist())
     kl = float(np.mean(np.sum(p0 * (np.log(np.clip(p0, 1e-12, None)) - np.log(np.clip(pt, 1e-12, None))), axis=1)))

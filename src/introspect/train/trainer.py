@@ -27,17 +27,17 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from .. import behavior, checkpoints, devices, progress, provenance
+from .. import checkpoints, devices, progress, provenance
 from ..behavior import choice_token_ids, encode_pairs
 from ..errors import UserError
 from ..runtime import seed_everything
-from ..labels import agreement, drift, label_frame
 from ..models import check_lora_targets, linear_names, load_model, peft_deprecation_silenced
 from ..tables import pairs_from_table, read_table, task_of
 from ..tasks import Pair
 from . import fast
 from .config import TrainConfig, to_dict
-from .monitor import CouplingMonitor
+from .config import MonitorSpec
+from .monitor import CouplingMonitor, decide, measure
 from .step import encode_explanations, step_losses
 
 KILL_ENV = "INTROSPECT_KILL_AFTER_STEP"  # tests: SIGKILL this process right after the given optimiser step
@@ -72,15 +72,6 @@ def concurrent_split(cfg: TrainConfig, n: int) -> np.ndarray | None:
         raise UserError(f"config key concurrent_share={cfg.concurrent_share} leaves {k} of {n} training pairs for the "
                         f"concurrent objective: it needs at least one, and the KL at least one")
     return np.sort(np.random.default_rng([cfg.seed, 1]).permutation(n)[:k])
-
-
-def probe(model: Any, tok: Any, task: Any, pairs: list[Pair], m0: Any, labels: Any, precision: str,
-          verify_margin: float) -> dict[str, float]:
-    """Re-sample B(M_t) on the probe pairs: drift from M0 and agreement of the fixed labels with current behaviour."""
-    df, _ = behavior.sample_behavior(model, tok, task, pairs, precision=precision, verify_margin=verify_margin,
-                                     progress=False)
-    return {"drift": float(drift(df, m0).mean()), "agreement": float(agreement(label_frame(df), labels).mean()),
-            "changed_rate": float(df["changed"].mean())}
 
 
 def train_inputs(cfg: TrainConfig) -> dict[str, str]:
@@ -259,9 +250,12 @@ class Loop:
         if cfg.probe_every and (step % cfg.probe_every == 0 or step == cfg.steps):
             if acc.is_main_process:
                 n = min(cfg.probe_pairs, len(self.data.pairs))
-                row.update(probe(acc.unwrap_model(self.model), self.tok, self.data.task, self.data.pairs[:n],
-                                 self.data.beh.iloc[:n], self.data.lab.iloc[:n], cfg.precision, cfg.verify_margin))
-                if row["agreement"] < cfg.agreement_warn:
+                row.update(measure(acc.unwrap_model(self.model), self.tok, self.data.task, self.data.pairs[:n],
+                                   self.data.beh.iloc[:n], labels=self.data.lab.iloc[:n], explain=False,
+                                   precision=cfg.precision, verify_margin=cfg.verify_margin))
+                # the probe is the monitor's warn policy on training pairs, behaviour only
+                warn = MonitorSpec(policy="warn", min_agreement=cfg.agreement_warn)
+                if decide(warn, row, [], self.weights.behavior_kl, 0).action == "warn":
                     self.say(f"[train] warning: step {step}: fixed labels agree with current behaviour on "
                              f"{row['agreement']:.0%} of probe pairs, below agreement_warn={cfg.agreement_warn:.0%}: "
                              f"coupling may not hold")
