@@ -23,21 +23,21 @@ demo: $(STAMP)
 
 # The documented demo headline (docs/experiments.md) against a fresh run's.
 check-demo: demo
-	$(BIN)/python scripts/check_demo_docs.py
+	$(BIN)/python tools/check_demo_docs.py
 
 # The demo's report in a real headless browser (Chromium from Debian: apt-get install chromium chromium-driver):
 # fails on a broken image or an empty section; writes the screenshot shown in docs/report.md.
 check-report: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[report]'
 	test -f runs/demo/report.html || $(BIN)/introspect demo
-	$(BIN)/python scripts/check_report.py runs/demo/report.html --screenshot docs/report_screenshot.png
+	$(BIN)/python tools/check_report.py runs/demo/report.html --screenshot docs/report_screenshot.png
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests scripts studies benchmarks
+	$(BIN)/ruff check src tests scripts tools studies benchmarks
 	$(BIN)/python -m pytest
 
 test-quick: $(STAMP)
-	$(BIN)/ruff check src tests scripts studies benchmarks
+	$(BIN)/ruff check src tests scripts tools studies benchmarks
 	$(BIN)/python -m pytest -m "not integration and not slow"
 
 # The pre-registered reg vs no-reg experiment (docs/claims.md): lambda selection, then every arm, then the table.

@@ -143,7 +143,7 @@ def test_report_in_a_real_browser(tiny_run: Path, tmp_path: Path) -> None:
 
     if not (shutil.which("chromium") and shutil.which("chromedriver") and importlib.util.find_spec("selenium")):
         pytest.skip("needs `apt-get install chromium chromium-driver` and `pip install selenium`")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     import check_report
 
     run = tiny_run / "run"

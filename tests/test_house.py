@@ -120,14 +120,14 @@ def test_no_function_over_60_lines_without_a_reason() -> None:
 def test_config_reference_is_current_and_every_field_is_documented() -> None:
     import importlib.util
 
-    script = SRC.parents[1] / "scripts" / "config_docs.py"
+    script = SRC.parents[1] / "tools" / "config_docs.py"
     spec = importlib.util.spec_from_file_location("config_docs", script)
     docs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(docs)
     text = docs.page()
     undocumented = [ln for ln in text.splitlines() if ln.endswith("| — |")]
     assert undocumented == [], "document these fields where they are defined"
-    assert (SRC.parents[1] / "docs" / "config.md").read_text() == text, "run python scripts/config_docs.py"
+    assert (SRC.parents[1] / "docs" / "config.md").read_text() == text, "run python tools/config_docs.py"
 
 
 def test_compare_tells_identical_runs_from_different_ones(tmp_path: Path, capsys) -> None:

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Adversarial user cases for issue 23 (tiny model, ~1 min): each `t RC command` expects exit code RC; prints every
-# traceback and wrong exit code, then the counts.   bash scripts/adversarial_cases.sh  (from the repository root)
+# traceback and wrong exit code, then the counts.   bash tools/adversarial_cases.sh  (from the repository root)
 I=$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/introspect
 D=/tmp/adv/work; rm -rf $D; mkdir -p $D; cd $D
 DATA=/tmp/adv/data

@@ -1,6 +1,6 @@
 """Does docs/experiments.md state the demo headline a fresh `make demo` gives? (issue 11: reproducible docs)
 
-    make demo && python scripts/check_demo_docs.py        # or: make check-demo
+    make demo && python tools/check_demo_docs.py        # or: make check-demo
 
 Formats the last checkpoint of runs/demo/eval/results.json as the line the docs carry (`demo headline: ...`) and
 exits 1, printing both, when the docs say something else. The demo is deterministic on CPU (same seed, same numbers),

@@ -1,7 +1,7 @@
 """Open a run's report.html in a real headless browser (Chromium from Debian's packages, driven by Selenium),
 check it, and screenshot it.
 
-    python scripts/check_report.py runs/demo/report.html [--screenshot docs/report_screenshot.png]
+    python tools/check_report.py runs/demo/report.html [--screenshot docs/report_screenshot.png]
 
 Fails (exit 1, one line per problem) when an image is broken (not loaded or zero-sized), a figure has no legend or
 labels that overlap (report_figures.layout_problems, carried on the image), an in-page link has no target, a section
