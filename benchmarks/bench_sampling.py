@@ -29,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from introspect.defaults import VERIFY_MARGIN
-from introspect.behavior import left_pad, autocast, choice_token_ids, encode_pairs, score_pairs
+from introspect.behavior import autocast, encode_pairs, score_pairs
+from introspect.tokens import choice_token_ids, left_pad
 from introspect.files import write_jsonl
 from introspect.paths import data_root
 from introspect.runtime import seed_everything, set_threads

@@ -49,6 +49,7 @@ from introspect.train import LoraSpec, LossWeights, TrainConfig
 from introspect.train import fast
 from introspect.train import step as S
 from introspect.train import trainer as T
+from introspect.tokens import choice_token_ids
 
 
 def peak_rss_gb() -> float:
@@ -82,7 +83,7 @@ def main() -> None:
     with_c, without_c = behavior.encode_pairs(tok, task, pairs)
     expl = S.encode_explanations(tok, lab, 2048, "bench")
     p_m0, p_m0_without = np.array(beh["probs"].tolist()), np.array(beh["probs_without"].tolist())
-    cids = behavior.choice_token_ids(tok, task.continuations)
+    cids = choice_token_ids(tok, task.continuations)
     cfg = TrainConfig(behavior="-", labels="-", out_dir="-", lora=LoraSpec(rank=args.rank, alpha=2 * args.rank))
     model = T.wrap(loaded.model, cfg)
     torch.manual_seed(0)

@@ -32,6 +32,7 @@ from introspect.models import load_model
 from introspect.tables import read_meta, read_table
 from introspect.train import load_config
 from introspect.train import trainer as T
+from introspect import tokens
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -128,7 +129,7 @@ def trl_hand_kl_run(train_dir: Path, lam: float, per_step: int, steps: int) -> l
     beh, meta = read_table(train_dir / "behavior.parquet")
     task = task_of(meta)
     with_c, without_c = behavior.encode_pairs(tok, task, pairs_from_table(beh, task))
-    groups = behavior.choice_token_ids(tok, task.continuations)
+    groups = tokens.choice_token_ids(tok, task.continuations)
     p0 = torch.tensor(np.concatenate([np.stack(beh["probs"]), np.stack(beh["probs_without"])]), dtype=torch.float32)
     rng = np.random.default_rng(0)
 
@@ -137,10 +138,10 @@ def trl_hand_kl_run(train_dir: Path, lam: float, per_step: int, steps: int) -> l
             out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
             loss = out[0] if return_outputs else out
             idx = rng.choice(len(with_c), per_step, replace=False)
-            ids, mask = behavior.left_pad([with_c[i] for i in idx] + [without_c[i] for i in idx], tok.pad_token_id)
+            ids, mask = tokens.left_pad([with_c[i] for i in idx] + [without_c[i] for i in idx], tok.pad_token_id)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1].float()
-            logq = torch.log_softmax(behavior.group_logits(torch.log_softmax(logits, -1), groups), -1)
+            logq = torch.log_softmax(tokens.group_logits(torch.log_softmax(logits, -1), groups), -1)
             target = p0[np.concatenate([idx, idx + len(with_c)])]
             kl = (target * (target.clamp_min(1e-12).log() - logq)).sum(-1).mean()
             loss = loss + lam * kl

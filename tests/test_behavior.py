@@ -8,6 +8,7 @@ from introspect import behavior, tables
 from introspect.errors import UserError
 from introspect.models import Loaded, render_prompt
 from introspect.tasks import get_task
+from introspect import tokens
 
 
 def _direct(model, ids, choice_ids):
@@ -23,7 +24,7 @@ def test_choice_scores_equal_direct_logits(tiny: Loaded, data_dir: Path, fmt: st
     task = get_task("hint-mmlu", format=fmt)
     pairs = task.pairs(data_dir, "val", 7, seed=1)
     a, b = behavior.encode_pairs(tiny.tokenizer, task, pairs)
-    cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+    cids = tokens.choice_token_ids(tiny.tokenizer, task.continuations)
     res = behavior.score_pairs(tiny.model, a, b, cids, pad_id=tiny.tokenizer.pad_token_id, batch_size=3,
                                precision="fp32", share_prefix=share_prefix)
     for i in range(len(pairs)):
@@ -35,7 +36,7 @@ def test_bf16_close_to_fp32(tiny: Loaded, data_dir: Path) -> None:
     task = get_task("hint-mmlu")
     pairs = task.pairs(data_dir, "val", 5, seed=0)
     a, b = behavior.encode_pairs(tiny.tokenizer, task, pairs)
-    cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+    cids = tokens.choice_token_ids(tiny.tokenizer, task.continuations)
     kw = dict(pad_id=tiny.tokenizer.pad_token_id, batch_size=4)
     f32 = behavior.score_pairs(tiny.model, a, b, cids, precision="fp32", **kw)
     b16 = behavior.score_pairs(tiny.model, a, b, cids, precision="bf16", **kw)
@@ -75,19 +76,19 @@ def test_sample_table_round_trip(tiny: Loaded, data_dir: Path, tmp_path: Path) -
 
 
 def test_choice_groups_sum_alternatives(tiny: Loaded) -> None:
-    groups = behavior.choice_token_ids(tiny.tokenizer, [(" Sure", " Yes"), " No"])
+    groups = tokens.choice_token_ids(tiny.tokenizer, [(" Sure", " Yes"), " No"])
     assert len(groups) == 2 and len(groups[0]) == 2
     logits = torch.randn(3, len(tiny.tokenizer))
-    scores = behavior.group_logits(torch.log_softmax(logits, -1), groups).exp()
+    scores = tokens.group_logits(torch.log_softmax(logits, -1), groups).exp()
     p = torch.softmax(logits, -1)
     torch.testing.assert_close(scores[:, 0], p[:, groups[0]].sum(-1))
     with pytest.raises(UserError, match="same token"):
-        behavior.choice_token_ids(tiny.tokenizer, [(" Yes", " No"), " No"])
+        tokens.choice_token_ids(tiny.tokenizer, [(" Yes", " No"), " No"])
 
 
 def test_multi_token_choice_rejected(tiny: Loaded) -> None:
     with pytest.raises(UserError, match="must be one"):
-        behavior.choice_token_ids(tiny.tokenizer, [" Absolutely not", " B"])
+        tokens.choice_token_ids(tiny.tokenizer, [" Absolutely not", " B"])
 
 
 def test_bad_precision(tiny: Loaded) -> None:
@@ -104,7 +105,7 @@ def test_verify_margin_rescores_near_ties_in_fp32(tiny: Loaded, data_dir: Path) 
     task = get_task("hint-mmlu")
     pairs = task.pairs(data_dir, "val", 6, seed=0)
     a, b = behavior.encode_pairs(tiny.tokenizer, task, pairs)
-    cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+    cids = tokens.choice_token_ids(tiny.tokenizer, task.continuations)
     kw = dict(pad_id=tiny.tokenizer.pad_token_id, batch_size=4)
     f32 = behavior.score_pairs(tiny.model, a, b, cids, precision="fp32", **kw)
     every = behavior.score_pairs(tiny.model, a, b, cids, precision="bf16", verify_margin=1e9, **kw)
@@ -126,7 +127,7 @@ def test_groups_share_prefixes_exactly(tiny: Loaded, data_dir: Path, share_root:
     task = get_task("hint-mmlu")
     pairs = task.pairs(data_dir, "val", 5, seed=2)
     a, b = behavior.encode_pairs(tiny.tokenizer, task, pairs)
-    cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+    cids = tokens.choice_token_ids(tiny.tokenizer, task.continuations)
     groups = [[a[0], b[0], a[1], b[1], a[2]], [b[2]], [a[3], b[3], a[4], b[4]]]
     lp, top = behavior.score_groups(tiny.model, groups, cids, pad_id=tiny.tokenizer.pad_token_id, rows_per_batch=2,
                                     precision="fp32", share_root=share_root)

@@ -18,6 +18,7 @@ from introspect.tasks import get_task
 from introspect.train import LoraSpec, LossWeights, TrainConfig, fast
 from introspect.train import step as S
 from introspect.train import trainer as T
+from introspect import tokens
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def setup(tiny: Loaded, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
     tbl.write_table(out / "labels.parquet", lab, meta)
     a, b = behavior.encode_pairs(tiny.tokenizer, task, pairs)
     return dict(df=df, a=a, b=b, out=out, expl=S.encode_explanations(tiny.tokenizer, lab, 768, "labels"),
-                cids=behavior.choice_token_ids(tiny.tokenizer, task.continuations))
+                cids=tokens.choice_token_ids(tiny.tokenizer, task.continuations))
 
 
 def _lora(tiny: Loaded) -> torch.nn.Module:

@@ -20,6 +20,7 @@ from introspect.tasks import get_task
 from introspect.train import LossWeights, TrainConfig
 from introspect.train import step as S
 from introspect.train import trainer as T
+from introspect import tokens
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -36,7 +37,7 @@ def _encoded(tiny: Loaded, tables) -> tuple:
     task = tbl.task_of(meta)
     a, b = behavior.encode_pairs(tiny.tokenizer, task, tbl.pairs_from_table(beh, task))
     expl = S.encode_explanations(tiny.tokenizer, lab, 768, "labels")
-    return beh, a, b, expl, behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+    return beh, a, b, expl, tokens.choice_token_ids(tiny.tokenizer, task.continuations)
 
 
 def _cfg(tables: tuple[Path, Path], out: Path, **kw) -> TrainConfig:
@@ -134,7 +135,7 @@ def test_step0_training_distributions_equal_the_behavior_table(tiny: Loaded, dat
     a, b = behavior.encode_pairs(tiny.tokenizer, task, pairs)
     lab = labels.make_labels(df, task)
     expl = S.encode_explanations(tiny.tokenizer, lab, 768, "labels")
-    cids = behavior.choice_token_ids(tiny.tokenizer, task.continuations)
+    cids = tokens.choice_token_ids(tiny.tokenizer, task.continuations)
     groups = [[S.explanation_item(expl[i]), (a[i], 0), (b[i], 0)] for i in range(len(pairs))]
     with torch.no_grad(), devices.autocast(precision):
         _, _, logp = S.tree_terms(model, groups, cids, tiny.tokenizer.pad_token_id)

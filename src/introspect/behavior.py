@@ -27,53 +27,11 @@ from . import devices, tree
 from .devices import autocast
 from .progress import bar as progress_bar
 from .defaults import VERIFY_MARGIN
-from .errors import UserError
 from .models import render_prompt
 from .tasks import Pair, Task
+from .tokens import ChoiceIds, choice_token_ids, encode, group_logits
 
 PAIRS_PER_ROW = 2  # pairs packed into one prefix-tree row when sampling; see docs/benchmarks.md
-
-
-Groups = list[list[int]]
-
-
-def choice_token_ids(tokenizer: Any, continuations: Sequence[str | Sequence[str]]) -> Groups:
-    """Token ids of each choice's continuations: a choice is one string or a tuple of alternative strings (its
-    probability is the sum over them). Every string must be exactly one token, and no token may serve two choices."""
-    groups: Groups = []
-    for c in continuations:
-        ids = []
-        for alt in ([c] if isinstance(c, str) else c):
-            toks = tokenizer.encode(alt, add_special_tokens=False)
-            if len(toks) != 1:
-                raise UserError(f"choice continuation {alt!r} is {len(toks)} tokens for this tokenizer; it must be one "
-                                f"(change the task's prompt format)")
-            ids.append(toks[0])
-        groups.append(ids)
-    flat = [i for g in groups for i in g]
-    if len(set(flat)) != len(flat):
-        raise UserError(f"choice continuations {list(continuations)} map to the same token")
-    return groups
-
-
-def group_logits(logits: torch.Tensor, groups: Groups) -> torch.Tensor:
-    """Per-choice scores [B, C] = logsumexp of the choice's token logits (the plain logit for one-token choices)."""
-    return torch.stack([torch.logsumexp(logits[..., g], dim=-1) for g in groups], dim=-1)
-
-
-def encode(tokenizer: Any, text: str) -> list[int]:
-    return tokenizer.encode(text, add_special_tokens=False)
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, width - len(s):] = 1
-    return ids, mask
 
 
 def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
@@ -87,7 +45,7 @@ def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
         return hidden.float() @ weight.float().T
 
 
-def choice_logprobs(model: Any, hidden: torch.Tensor, choice_ids: Groups) -> tuple[np.ndarray, np.ndarray]:
+def choice_logprobs(model: Any, hidden: torch.Tensor, choice_ids: ChoiceIds) -> tuple[np.ndarray, np.ndarray]:
     """Choice log-probs over the full vocabulary [B, C] and vocab argmax [B] from final hidden states [B, H], by the
     fp32 head."""
     logits = head_logits(model, hidden)
@@ -107,7 +65,7 @@ def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
 
 
 @torch.no_grad()
-def score_groups(model: Any, groups: Sequence[Sequence[Sequence[int]]], choice_ids: Groups, *, pad_id: int,
+def score_groups(model: Any, groups: Sequence[Sequence[Sequence[int]]], choice_ids: ChoiceIds, *, pad_id: int,
                  rows_per_batch: int = 2, precision: str = "bf16", share_root: bool = True, progress: bool = False,
                  desc: str = "scoring prompts") -> tuple[np.ndarray, np.ndarray]:
     """Choice log-probs [N, C] and vocab argmax [N] after each prompt, N = all prompts of all groups in order.
@@ -178,7 +136,7 @@ def margin(logp: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]],
-                choice_ids: Groups, *, pad_id: int, batch_size: int = 4, precision: str = "bf16",
+                choice_ids: ChoiceIds, *, pad_id: int, batch_size: int = 4, precision: str = "bf16",
                 share_prefix: bool = True, verify_margin: float = VERIFY_MARGIN, progress: bool = False,
                 desc: str = "sampling behaviour on x and x∖C") -> dict[str, np.ndarray]:
     """Choice log-probs on both sides of every pair.
@@ -212,7 +170,7 @@ def score_pairs(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence
 
 
 def verify_near_ties(model: Any, with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]],
-                     res: dict[str, np.ndarray], choice_ids: Groups, *, pad_id: int, batch_size: int = 4,
+                     res: dict[str, np.ndarray], choice_ids: ChoiceIds, *, pad_id: int, batch_size: int = 4,
                      share_prefix: bool = True, verify_margin: float = VERIFY_MARGIN, progress: bool = False) -> None:
     """Re-score in fp32 the pairs where either side's top-two choice log-probs (bf16) are closer than
     `verify_margin`, in place in `res`, so near-ties are decided as an fp32 model decides them; `res["verified"]`

@@ -21,7 +21,7 @@ import torch
 
 from . import behavior, metrics
 from . import devices
-from .behavior import encode, left_pad
+from .tokens import encode, left_pad
 from .devices import autocast
 from .progress import bar as progress_bar
 from .joint import STOP, cut, explain_and_sample, fits

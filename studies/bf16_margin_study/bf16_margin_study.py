@@ -13,7 +13,8 @@ import argparse
 
 import numpy as np
 
-from introspect.behavior import choice_token_ids, encode_pairs, score_pairs
+from introspect.behavior import encode_pairs, score_pairs
+from introspect.tokens import choice_token_ids
 from introspect.files import write_jsonl
 from introspect.paths import data_root
 from introspect.models import load_model

@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from introspect.behavior import choice_token_ids, encode_pairs, score_pairs, summarize, sample_behavior
+from introspect.behavior import encode_pairs, score_pairs, summarize, sample_behavior
+from introspect.tokens import choice_token_ids
 from introspect.files import write_jsonl
 from introspect.paths import data_root
 from introspect.runtime import seed_everything

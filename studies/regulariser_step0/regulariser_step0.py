@@ -29,6 +29,7 @@ from introspect.tasks import get_task
 from introspect.train import TrainConfig
 from introspect.train import step as S
 from introspect.train import trainer as T
+from introspect import tokens
 
 
 def main() -> None:
@@ -60,7 +61,7 @@ def main() -> None:
     table = np.stack([np.array(df["probs"].tolist()), np.array(df["probs_without"].tolist())], 1).reshape(-1, 4)
     expl = S.encode_explanations(tok, labels.make_labels(df, task), 2048, "step0")
     a, b = behavior.encode_pairs(tok, task, pairs)
-    cids = behavior.choice_token_ids(tok, task.continuations)
+    cids = tokens.choice_token_ids(tok, task.continuations)
     model = T.wrap(loaded.model, TrainConfig(behavior="-", labels="-", out_dir="-"))  # LoRA B = 0: the model is M0
     top2 = np.sort(np.log(table), axis=1)[:, -2:]  # each prompt's two likeliest choices in the table
     out = {"n_pairs": args.n, "format": args.format, "hint": args.hint, "min_margin": args.min_margin, "verify_margin": args.verify_margin,
@@ -77,7 +78,7 @@ def main() -> None:
             batch = tree.pack([[s for s, _ in g] for g in groups], tok.pad_token_id)
             cols = [[p[-1] for (s, n), p in zip(g, ps) if not n] for g, ps in zip(groups, batch.paths)]
             logits, _ = tree.forward(model, batch, cols)  # the model's own (bf16) head: the old trainer
-            bf16_rows.append(torch.log_softmax(behavior.group_logits(torch.cat(logits).float(), cids), -1).numpy())
+            bf16_rows.append(torch.log_softmax(tokens.group_logits(torch.cat(logits).float(), cids), -1).numpy())
     for name, rows in [("fp32_head", fp32_rows)] + ([("bf16_head", bf16_rows)] if old_head else []):
         logp = np.concatenate(rows)
         kl = float(np.mean(np.sum(table * (np.log(np.clip(table, 1e-12, None)) - logp), axis=1)))

@@ -14,14 +14,15 @@ from ..errors import UserError
 from ..models import render_prompt
 from . import objectives
 from .config import TrainConfig
+from .. import tokens
 
 
 def encode_explanations(tok: Any, labels: Any, max_length: int, where: str) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per example: the explanation prompt, then target + end-of-turn; loss on the latter only."""
     out = []
     for r in labels.itertuples(index=False):
-        prompt = behavior.encode(tok, render_prompt(tok, json.loads(r.prompt)))
-        target = behavior.encode(tok, r.target + tok.eos_token)
+        prompt = tokens.encode(tok, render_prompt(tok, json.loads(r.prompt)))
+        target = tokens.encode(tok, r.target + tok.eos_token)
         if len(prompt) + len(target) > max_length:
             raise UserError(f"{where}: explanation example {r.pair_id} is {len(prompt) + len(target)} tokens, over "
                             f"max_length={max_length} (config key max_length)")
@@ -32,7 +33,7 @@ def encode_explanations(tok: Any, labels: Any, max_length: int, where: str) -> l
 Item = tuple[Sequence[int], int]  # (token ids, n): an explanation example with its last n tokens as targets, or n=0: a behaviour prompt
 
 
-def tree_terms(model: Any, groups: Sequence[Sequence[Item]], choice_ids: behavior.Groups,
+def tree_terms(model: Any, groups: Sequence[Sequence[Item]], choice_ids: tokens.ChoiceIds,
                pad_id: int) -> tuple[torch.Tensor, int, torch.Tensor | None]:
     """Explanation CE and behaviour log-probs for groups of items, one prefix-tree row per group (`tree.py`).
 
@@ -55,7 +56,7 @@ def tree_terms(model: Any, groups: Sequence[Sequence[Item]], choice_ids: behavio
         return ce_sum, n_tok, None
     # the answer positions get the fp32 head, as in sampling: M0's table and these log-probs are the same quantity
     logits = behavior.head_logits(model, torch.cat([h for h in states if len(h)]))
-    return ce_sum, n_tok, torch.log_softmax(behavior.group_logits(logits, choice_ids), dim=-1)
+    return ce_sum, n_tok, torch.log_softmax(tokens.group_logits(logits, choice_ids), dim=-1)
 
 
 def explanation_item(example: tuple[list[int], list[int]]) -> Item:
@@ -65,7 +66,7 @@ def explanation_item(example: tuple[list[int], list[int]]) -> Item:
 
 def step_losses(model: Any, *, cfg: TrainConfig, expl: Sequence[tuple[list[int], list[int]]],
                 with_c: Sequence[Sequence[int]], without_c: Sequence[Sequence[int]], p_m0: np.ndarray,
-                p_m0_without: np.ndarray, choice_ids: behavior.Groups, pad_id: int, packed: int = 0,
+                p_m0_without: np.ndarray, choice_ids: tokens.ChoiceIds, pad_id: int, packed: int = 0,
                 gold: np.ndarray | None = None, kl_rows: np.ndarray | None = None,
                 concurrent_rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """The loss terms for one micro-batch; a term with weight 0 is not computed (no forward, no gradient).

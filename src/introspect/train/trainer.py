@@ -28,7 +28,8 @@ from accelerate import Accelerator
 from transformers import get_scheduler
 
 from .. import checkpoints, devices, progress, provenance
-from ..behavior import choice_token_ids, encode_pairs
+from ..behavior import encode_pairs
+from ..tokens import choice_token_ids
 from ..errors import UserError
 from ..runtime import seed_everything
 from ..models import check_lora_targets, linear_names, load_model, peft_deprecation_silenced
