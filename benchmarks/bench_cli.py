@@ -30,7 +30,19 @@ def extract_src(rev: str, into: Path) -> Path:
     blob = subprocess.run(["git", "archive", rev, "src"], cwd=ROOT, check=True, capture_output=True).stdout
     with tarfile.open(fileobj=BytesIO(blob)) as tar:
         tar.extractall(into, filter="data")
+    init = into / "src" / "introspect" / "__init__.py"
+    if not init.is_file():  # before the package had one: a namespace package would lose to the editable install's
+        init.write_text("")  # regular one, and both trees would time this checkout
     return into / "src"
+
+
+def check_tree(src: Path) -> None:
+    """Fail unless `python -m introspect.cli` with PYTHONPATH=src really imports the tree under `src`."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    r = subprocess.run([sys.executable, "-c", "import introspect.cli; print(introspect.cli.__file__)"], env=env,
+                       capture_output=True, text=True, check=True)
+    if not Path(r.stdout.strip()).resolve().is_relative_to(src.resolve()):
+        raise SystemExit(f"PYTHONPATH={src} imports {r.stdout.strip()}: the timing would not be of that tree")
 
 
 def wall(src: Path, argv: list[str]) -> float:
@@ -52,6 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"before": extract_src(args.before, Path(tmp)), "after": ROOT / "src"}
         for src in trees.values():  # warm the file cache and .pyc compilation once per tree
+            check_tree(src)
             wall(src, ["--help"])
         times: dict[str, dict[str, list[float]]] = {k: {" ".join(c): [] for c in COMMANDS} for k in trees}
         for _ in range(args.repeats):
