@@ -94,7 +94,7 @@ def test_self_specific_over_items_but_not_over_seeds_fails() -> None:
     v = coupling(valid=True, self_minus_orig=est, own_minus_other={"sibling": est}, over_constant=est, shuffle_p=0.001,
                  own_minus_other_over_seeds={"sibling": seeds})
     assert not v.valid and v.failures == [f"not self-specific over seeds: per-seed own − sibling {signed(seeds)} "
-                                          "(5 seeds, t-interval reaches 0)"]
+                                          "(5 seeds, t-interval lower bound ≤ 0)"]
     one = C.over_seeds([0.05])  # a single seed has no interval over seeds: the condition does not apply
     assert coupling(valid=True, self_minus_orig=est, own_minus_other={"sibling": est}, over_constant=est,
                     shuffle_p=0.001, own_minus_other_over_seeds={"sibling": one}).valid
@@ -112,6 +112,16 @@ def test_missing_control_fails_the_coupling_verdict() -> None:
     est = {"value": 0.1, "ci": [0.05, 0.15]}
     v = coupling(valid=True, self_minus_orig=est, own_minus_other={}, over_constant=est, shuffle_p=0.001)
     assert not v.valid and "no other-model control was run" in v.failures[0]
+
+
+def test_a_planned_intervention_missing_on_a_seed_fails_even_when_the_others_pass() -> None:
+    est = {"value": 0.1, "ci": [0.05, 0.15]}
+    kw = dict(valid=True, self_minus_orig=est, own_minus_other={"sibling": est}, over_constant=est, shuffle_p=0.001)
+    assert coupling(**kw, intervention_did=est).valid
+    v = coupling(**kw, intervention_did=est, intervention_missing=["s6"])
+    assert not v.valid and v.failures == ["intervention test planned but not run on s6"]
+    none = coupling(**kw, intervention_did={"value": float("nan"), "ci": [float("nan")] * 2})
+    assert none.failures == ["intervention test planned but not run"]
 
 
 def test_over_seeds_t_interval() -> None:
@@ -155,7 +165,7 @@ def test_partial_controls_report_only_finished_seeds_and_say_so(tmp_path: Path, 
     r = json.loads(out.with_suffix(".json").read_text())
     assert r["seeds"] == [2, 3] and r["partial"] == {"planned": [2, 3, 9]}
     assert r["intervention"]["missing"] == ["s3"]  # planned on a finished seed, not run: the verdict names it
-    assert any(f.startswith("explanations do not follow an intervention") for f in r["coupling_verdict"]["failures"])
+    assert "intervention test planned but not run on s3" in r["coupling_verdict"]["failures"]
     text = out.with_suffix(".md").read_text()
     assert "**PARTIAL: seeds [2, 3] of the planned [2, 3, 9]" in text and "partial, not the verdict: **no coupling" in text
 

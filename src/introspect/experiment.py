@@ -232,7 +232,8 @@ def controls_report(spec: ExperimentSpec, spec_hash: str) -> dict[str, Any]:
         out["intervention"]["did"] = did
     v = coupling(valid=all(out["valid_per_seed"]), self_minus_orig=m["self_minus_orig"], own_minus_other=others,
                  over_constant=m["over_best_constant"], shuffle_p=m["shuffle_null"]["p_value"],
-                 over_seeds=m["over_seeds"], intervention_did=did, own_minus_other_over_seeds=others_over_seeds)
+                 over_seeds=m["over_seeds"], intervention_did=did, own_minus_other_over_seeds=others_over_seeds,
+                 intervention_missing=out.get("intervention", {}).get("missing", []))
     out["coupling_verdict"] = vars(v)
     out["coupling_line"] = coupling_line(v)
     return out

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 MIN_AGREEMENT = 0.70
 LEARN_MARGIN = 0.15
@@ -114,27 +114,29 @@ def signed(m: dict[str, Any], digits: int = 3) -> str:
 def coupling(*, valid: bool, self_minus_orig: dict[str, Any], own_minus_other: dict[str, dict[str, Any]],
              over_constant: dict[str, Any] | None, shuffle_p: float | None, over_seeds: dict[str, Any] | None = None,
              intervention_did: dict[str, Any] | None = None,
-             own_minus_other_over_seeds: dict[str, dict[str, Any]] | None = None) -> Verdict:
+             own_minus_other_over_seeds: dict[str, dict[str, Any]] | None = None,
+             intervention_missing: Sequence[str] = ()) -> Verdict:
     """The verdict of introspective coupling. Estimates are {"value", "ci"}; `own_minus_other` maps a control's name
     ("sibling", "cross-seed") to own − other. Every condition must hold; a missing control fails (a claim of coupling
-    needs it), except the intervention test, which counts only where it was run, and `own_minus_other_over_seeds`
+    needs it), except the intervention test, which counts where it was planned (`intervention_missing`: planned seeds
+    without a result, each a failure), and `own_minus_other_over_seeds`
     (per-seed own − other with a t-interval over seeds), which counts where it has >= 2 seeds. The line names what
     failed, e.g.
-    "not self-specific: own − sibling +0.000 [−0.009, +0.010] (CI reaches 0)"."""
+    "not self-specific: own − sibling +0.000 [−0.009, +0.010] (CI lower bound ≤ 0)"."""
     fails: list[str] = []
     if not valid:
         fails.append("not a valid test (see the validity verdict)")
     if self_minus_orig["ci"][0] <= 0:
-        fails.append(f"Self − Orig {signed(self_minus_orig)} (CI reaches 0)")
+        fails.append(f"Self − Orig {signed(self_minus_orig)} (CI lower bound ≤ 0)")
     if not own_minus_other:
         fails.append("not self-specific: no other-model control was run (sibling, other seed or other model)")
     for name, m in own_minus_other.items():
         if not m["ci"][0] > 0:  # NaN (no items) fails too
-            fails.append(f"not self-specific: own − {name} {signed(m)} (CI reaches 0)")
+            fails.append(f"not self-specific: own − {name} {signed(m)} (CI lower bound ≤ 0)")
     for name, m in (own_minus_other_over_seeds or {}).items():  # inference over seeds, where there are >= 2
         if m.get("n_seeds", 0) >= 2 and not m["ci"][0] > 0:
             fails.append(f"not self-specific over seeds: per-seed own − {name} {signed(m)} ({m['n_seeds']} seeds, "
-                         "t-interval reaches 0)")
+                         "t-interval lower bound ≤ 0)")
     if over_constant is None:
         fails.append("no constant-explanation baseline")
     elif not over_constant["ci"][0] > 0:
@@ -145,9 +147,14 @@ def coupling(*, valid: bool, self_minus_orig: dict[str, Any], own_minus_other: d
         fails.append(f"not above chance: within-strata shuffle p = {shuffle_p:.3f} >= {SHUFFLE_ALPHA}")
     if over_seeds is not None and over_seeds.get("n_seeds", 0) >= 2 and not over_seeds["ci"][0] > 0:
         fails.append(f"not over seeds: per-seed Self − Orig {signed(over_seeds)} ({over_seeds['n_seeds']} seeds, t-interval "
-                     "reaches 0)")
-    if intervention_did is not None and not intervention_did["ci"][0] > 0:
-        fails.append(f"explanations do not follow an intervention: DiD {signed(intervention_did)} (CI reaches 0)")
+                     "lower bound ≤ 0)")
+    if intervention_missing:  # planned seeds whose intervention did not run: the planned test is incomplete
+        fails.append(f"intervention test planned but not run on {', '.join(intervention_missing)}")
+    if intervention_did is not None and intervention_did["value"] != intervention_did["value"]:  # NaN: none ran
+        if not intervention_missing:
+            fails.append("intervention test planned but not run")
+    elif intervention_did is not None and not intervention_did["ci"][0] > 0:
+        fails.append(f"explanations do not follow an intervention: DiD {signed(intervention_did)} (CI lower bound ≤ 0)")
     checks = {"Self − Orig": signed(self_minus_orig), **{f"own − {k}": signed(m) for k, m in own_minus_other.items()},
               **{f"own − {k} over seeds": signed(m) for k, m in (own_minus_other_over_seeds or {}).items()
                  if m.get("n_seeds", 0) >= 2}}
