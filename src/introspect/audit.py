@@ -25,6 +25,7 @@ from . import ledger
 from .defaults import VERIFY_MARGIN
 from .errors import UserError
 from .files import atomic_path
+from .run_config import EvalConfig
 from .validity import MIN_AGREEMENT, audit_flags
 
 
@@ -65,7 +66,8 @@ def _now() -> str:
 
 
 def add(path: Path, model: str, *, tag: str, note: str = "", precision: str = "bf16", verify_margin: float = VERIFY_MARGIN,
-        seed: int = 0, n_boot: int = 1000, batch_size: int = 16, max_new_tokens: int = 40,
+        seed: int = 0, n_boot: int = EvalConfig.n_boot, batch_size: int = EvalConfig.batch_size,
+        max_new_tokens: int = EvalConfig.max_new_tokens,
         device: str = "auto", witness: Path | None = None) -> dict[str, Any]:
     """Sample the version's behaviour on the frozen pairs, generate its explanations, score, append to the ledger."""
     import pandas as pd

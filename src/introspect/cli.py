@@ -16,7 +16,7 @@ from .files import write_jsonl
 from .paths import DATA_ENV, REPO_ROOT, data_root
 from .runtime import seed_everything
 from .models import list_models
-from .run_config import RunConfig
+from .run_config import EvalConfig, RunConfig, Selection
 from .cli_audit import add_audit_parser
 from .cli_experiment import add_experiment_parser, add_intervene_parser
 from .tasks import TASKS
@@ -238,7 +238,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-format", default=None, help="task prompt format (hint-mmlu: dot, paren, ...; aita: words, verdict)")
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                    help="any task option, repeatable (e.g. --task-option openings=no-I for refusal; the list is below)")
-    p.add_argument("--min-margin", type=float, default=0.0,
+    p.add_argument("--min-margin", type=float, default=Selection.min_margin,
                    help="keep pairs whose top-1 minus top-2 choice log-prob is >= this on both sides (nats)")
     p.add_argument("--balance", action="store_true", help="keep equal numbers of changed and unchanged pairs")
 
@@ -277,7 +277,7 @@ def add_table_stage_parsers(sub: Any, with_tasks: dict[str, Any]) -> None:
     """sample, label, screen, score: the stages that read and write tables."""
     p = sub.add_parser("sample", help="behaviour of a model on both sides of every pair -> BehaviorTable", **with_tasks)
     _add_common(p)
-    p.add_argument("--pool", type=int, default=0, help="sample this many pairs, then keep --n by margin/balance")
+    p.add_argument("--pool", type=int, default=Selection.pool, help="sample this many pairs, then keep --n by margin/balance")
     p.add_argument("--no-share-prefix", action="store_true", help="run x and x∖C as separate prompts")
     p.add_argument("--out", required=True, help="output Parquet path")
     p.set_defaults(fn=cmd_sample)
@@ -309,7 +309,7 @@ def add_table_stage_parsers(sub: Any, with_tasks: dict[str, Any]) -> None:
     p.add_argument("--lenient-content", action="store_true",
                    help="Content Match as the ancestor counts it: a right letter counts even when no verdict parses")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--n-boot", type=int, default=EvalConfig.n_boot)
     p.add_argument("--allow-missing", action="store_true")
     p.add_argument("--out", default=None, help="write the metrics JSONL here")
     p.set_defaults(fn=cmd_score)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .run_config import RunConfig
+from .run_config import EvalConfig, RunConfig
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
@@ -45,9 +45,9 @@ def add_audit_parser(sub: Any) -> Any:
     a.add_argument("--verify-margin", type=float, default=RunConfig.verify_margin)
     a.add_argument("--device", default=RunConfig.device, help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     a.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    a.add_argument("--n-boot", type=int, default=1000)
-    a.add_argument("--batch-size", type=int, default=16, help="explanations generated per batch")
-    a.add_argument("--max-new-tokens", type=int, default=40)
+    a.add_argument("--n-boot", type=int, default=EvalConfig.n_boot)
+    a.add_argument("--batch-size", type=int, default=EvalConfig.batch_size, help="explanations generated per batch")
+    a.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens)
     a.add_argument("--witness", default=None, help="append the new head to this JSONL file (keep it outside the "
                    "ledger's reach; `audit verify --witness` checks every head in it)")
     a = act.add_parser("show", help="history of every version, a figure, and flagged versions")
