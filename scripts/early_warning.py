@@ -26,7 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def spearman(x: list[float], y: list[float]) -> float:
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    """Spearman's rank correlation, tied values sharing their average rank (argsort ranks would order ties by
+    position, i.e. arbitrarily)."""
+    import pandas as pd
+
+    rx, ry = pd.Series(x, dtype=float).rank().to_numpy(), pd.Series(y, dtype=float).rank().to_numpy()
     if np.std(rx) == 0 or np.std(ry) == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
