@@ -2,8 +2,7 @@
 device a model sits on, and bf16 autocast for that device type.
 
 Weights stay fp32 on every device and bf16 runs under autocast: the fp32 re-check of near-ties (`verify_margin`) and
-the fp32 answer-position head (`behavior.head_logits`) then need no second copy of the model, and the CPU numbers are
-exactly those of earlier versions.
+the fp32 answer-position head (`behavior.head_logits`) then need no second copy of the model.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Model loading by name: a bundled model (bundled.py converts it once), the tests' tiny random model, a local
 folder or a hub id; the content fingerprint the staleness rule records; LoRA target names; chat-prompt rendering.
 
-`load_model(name)` returns a `Loaded` with the model, tokenizer, a display id and a weights hash.
+`load_model(name)` returns a `Loaded` with the model, tokenizer and a weights hash.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ KNOWN = [*BUNDLED, TINY]
 class Loaded:
     model: PreTrainedModel
     tokenizer: Any
-    model_id: str
-    weights_hash: str
+    weights_hash: str  # content hash of the weights as loaded (hashing.weights_hash; "" when not asked for)
 
 
 def list_models() -> list[tuple[str, str]]:
@@ -162,7 +161,7 @@ def load_model(name: str, *, seed: int = 0, hash_weights: bool = True, device: s
         tok.pad_token = tok.eos_token
     model.eval()
     wh = weights_hash(model) if hash_weights else ""  # hashed on CPU: the same model hashes the same everywhere
-    return Loaded(model.to(resolve(device)), tok, name, wh)
+    return Loaded(model.to(resolve(device)), tok, wh)
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
