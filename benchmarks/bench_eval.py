@@ -5,6 +5,7 @@ x and x∖C as one prefix-tree row, the explanation decoded from its cache), on 
 
     python benchmarks/bench_eval.py --run runs/demo --n 52            # a run's last checkpoint, its eval pairs
     python benchmarks/bench_eval.py --run runs/demo --pairs P.parquet --n 192   # more pairs of the same task
+    python benchmarks/bench_eval.py --run runs/demo --pairs P.parquet --n 96 --phases --out R.json   # the one pass's parts
 
 Per method and chunk of pairs: greedy explanations and the re-sampling of B(M_t) on x and x∖C, exactly what
 `evaluate_one` does for a checkpoint. The methods take turns chunk by chunk (order rotated) after a warm-up chunk,
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=8, help="pairs of the untimed warm-up chunk (each method)")
     ap.add_argument("--precision", default=None, choices=["bf16", "fp32"], help="default: the run's")
     ap.add_argument("--batch-size", type=int, default=None, help="generation batch (default: the run's)")
+    ap.add_argument("--phases", action="store_true", help="instead: where the one pass spends its time (prefill, decode, "
+                    "near-tie re-check) on the pairs, and the prefill's GFLOP/s against this machine's bf16 matmul peak")
     ap.add_argument("--out", default="benchmarks/results/bench_eval.json")
     args = ap.parse_args()
     threads = set_threads()
@@ -81,6 +84,9 @@ def main() -> None:
           f"generation batch {batch}, {threads} threads")
     work = dict(precision=precision, batch_size=batch, max_new_tokens=cfg.evaluate.max_new_tokens,
                 verify_margin=cfg.verify_margin)
+    if args.phases:
+        with applied(base, path, cfg.train_config().finetune) as model:
+            return phases(model, base.tokenizer, task, warm, pairs, work, args.out)
     with applied(base, path, cfg.train_config().finetune) as model:
         methods: dict[str, Callable[[list], Any]] = {
             "unmerged (today)": lambda ps: evaluate_work(model, base.tokenizer, task, ps, **work),
@@ -126,6 +132,57 @@ def main() -> None:
               f"answers {d['identical_answers']}")
     write_jsonl(args.out, [*rows, summary])
     print(f"wrote {args.out}")
+
+
+def phases(model: Any, tok: Any, task: Any, warm: list, pairs: list, work: dict[str, Any], out: str) -> None:
+    """Time the one pass's parts (wrappers around joint.prefill, joint.decode, behavior.verify_near_ties) and the
+    prefill's matmul rate: 2 x non-embedding parameters x prefilled tree tokens / prefill seconds."""
+    import sys
+
+    from introspect import tree
+    from introspect.behavior import shared_prefix
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_roofline import peak  # the same peak measurement as the training step's roofline
+
+    spent = {"prefill": 0.0, "decode": 0.0, "verify_near_ties": 0.0}
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] += time.perf_counter() - t0
+        return wrapper
+
+    originals = joint.prefill, joint.decode, behavior.verify_near_ties
+    with merged.merged(model, work["precision"]):
+        one_pass_work(model, tok, task, warm, **work)
+        joint.prefill, joint.decode = timed("prefill", originals[0]), timed("decode", originals[1])
+        behavior.verify_near_ties = timed("verify_near_ties", originals[2])
+        try:
+            t0 = time.perf_counter()
+            one_pass_work(model, tok, task, pairs, **work)
+            total = time.perf_counter() - t0
+        finally:
+            joint.prefill, joint.decode, behavior.verify_near_ties = originals
+    groups = joint.prompts_of(tok, task, pairs, True)
+    root = shared_prefix([p for g in groups for p in g])
+    tokens = sum(tree.width([p[root:] for p in g]) for g in groups)
+    params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lora_" not in n)  # merged
+    gflops = 2 * params * tokens / spent["prefill"] / 1e9
+    cfg = model.config
+    best = max(v for k, v in peak(cfg.hidden_size, cfg.intermediate_size).items() if k.startswith(work["precision"]))
+    row = {"pairs": len(pairs), "precision": work["precision"], "total_s": round(total, 2),
+           **{f"{k}_s": round(v, 2) for k, v in spent.items()},
+           "other_s": round(total - sum(spent.values()), 2), "prefill_tree_tokens_per_pair": round(tokens / len(pairs), 1),
+           "prefill_gflop_per_s": round(gflops, 1), "peak_gflop_per_s": round(best, 1),
+           "prefill_ratio_to_peak": round(gflops / best, 3)}
+    for k, v in row.items():
+        print(f"  {k}: {v}")
+    write_jsonl(out, [row])
+    print(f"wrote {out}")
 
 
 def with_merged(model: Any, precision: str, fn: Callable[[], Any]) -> Any:
