@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .intervention_spec import InterventionSpec, validate_intervention
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:
@@ -45,10 +46,10 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     from . import intervention
     from .run_config import config_of_run
 
-    if args.steps < 1 or args.n_boot < 1 or args.mu <= 0 or args.lam < 0:
-        raise UserError("--steps and --n-boot must be >= 1, --mu > 0 and --lam >= 0")
-    spec = intervention.InterventionSpec(step=args.step, steps=args.steps, mu=args.mu, lam=args.lam, treatment=args.treatment, lr=args.lr,
-                                         seed=args.seed, metric=args.metric, n_boot=args.n_boot)
+    spec = validate_intervention(InterventionSpec(step=args.step, steps=args.steps, mu=args.mu, lam=args.lam,
+                                                  treatment=args.treatment, lr=args.lr, seed=args.seed,
+                                                  metric=args.metric, n_boot=args.n_boot),
+                                 "flags --steps --n-boot --mu --lam --lr")
     print(intervention.format_result(intervention.run(config_of_run(args.run_dir), spec)))
 
 
@@ -57,15 +58,16 @@ def add_intervene_parser(sub: Any) -> None:
                        "(no explanation loss), regenerate explanations, difference-in-differences")
     p.add_argument("run_dir", help="an evaluated run (RUN/eval/m0_behavior.parquet and RUN/train/checkpoints/)")
     p.add_argument("--step", type=int, default=None, help="the explainer checkpoint (default: the last)")
-    p.add_argument("--steps", type=int, default=60, help="behaviour-only optimiser steps")
-    p.add_argument("--mu", type=float, default=1.0, help="the treatment's weight on the treated half")
-    p.add_argument("--treatment", default="sycophancy", choices=["sycophancy", "gold"],
+    d = InterventionSpec
+    p.add_argument("--steps", type=int, default=d.steps, help="behaviour-only optimiser steps")
+    p.add_argument("--mu", type=float, default=d.mu, help="the treatment's weight on the treated half")
+    p.add_argument("--treatment", default=d.treatment, choices=["sycophancy", "gold"],
                    help="sycophancy: answer on x pulled to the checkpoint's answer on x∖C; gold: toward the gold answer")
-    p.add_argument("--lam", type=float, default=1.0, help="KL weight to the checkpoint's own behaviour, control half")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=0, help="the treated/control split and the batch draw")
-    p.add_argument("--metric", default="verdict_match", choices=["verdict_match", "exact_match"])
-    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--lam", type=float, default=d.lam, help="KL weight to the checkpoint's own behaviour, control half")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed, help="the treated/control split and the batch draw")
+    p.add_argument("--metric", default=d.metric, choices=["verdict_match", "exact_match"])
+    p.add_argument("--n-boot", type=int, default=d.n_boot)
     p.set_defaults(fn=cmd_intervene)
 
 

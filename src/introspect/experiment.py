@@ -27,6 +27,7 @@ from . import controls as C
 from .errors import UserError
 from .files import atomic_path, read_yaml
 from .hashing import stable_hash
+from .intervention_spec import InterventionSpec, validate_intervention
 from .run_config import load_run_config
 from .tables import read_table
 from .typed import build
@@ -110,8 +111,6 @@ def load_spec(path: str | Path) -> tuple[ExperimentSpec, str]:
     if spec.decision.metric not in C.CORRECTNESS or spec.decision.n_boot < 1:
         problems.append(f"decision.metric must be one of {list(C.CORRECTNESS)} and decision.n_boot >= 1")
     if spec.intervention is not None:
-        from .intervention import InterventionSpec
-
         if not spec.intervention.seeds or set(spec.intervention.seeds) - set(spec.seeds):
             problems.append("intervention.seeds must be a non-empty subset of seeds")
         unknown = set(spec.intervention.settings) - {f.name for f in dataclasses.fields(InterventionSpec)}
@@ -240,9 +239,8 @@ def controls_report(spec: ExperimentSpec, spec_hash: str) -> dict[str, Any]:
 
 
 def intervention_settings(spec: ExperimentSpec) -> Any:
-    from .intervention import InterventionSpec
-
-    return build(InterventionSpec, dict(spec.intervention.settings), "intervention.settings")
+    return validate_intervention(build(InterventionSpec, dict(spec.intervention.settings), "intervention.settings"),
+                                 "intervention.settings")
 
 
 def intervention_dir(spec: ExperimentSpec, root: Path) -> Path | None:

@@ -31,6 +31,7 @@ from .checkpoints import applied, checkpoint_hash, complete
 from .errors import UserError
 from .files import atomic_path
 from .hashing import stable_hash
+from .intervention_spec import InterventionSpec, validate_intervention
 from .runtime import seed_everything
 from .evaluate import compare, explanation_prompts, generate
 from .locking import locked
@@ -43,20 +44,6 @@ from .train.config import LossWeights, MonitorSpec
 from .validity import signed
 
 Explainer = Callable[[Any, Any, Task, Sequence[Pair]], list[str]]
-
-
-@dataclasses.dataclass
-class InterventionSpec:
-    step: int | None = None  # the explainer checkpoint T; None = the run's last
-    steps: int = 60  # behaviour-only optimiser steps
-    mu: float = 1.0  # the treatment's weight on the treated half
-    treatment: str = "sycophancy"  # sycophancy: answer on x pulled to M_T's own answer on x∖C (needs changed items);
-    #   gold: cross-entropy toward the task's gold answer on x and x∖C (the refusal_tuning loss; any task with gold)
-    lam: float = 1.0  # KL weight (to M_T) on the control half
-    lr: float = 2e-4
-    seed: int = 0  # the treated/control split and the batch draw
-    metric: str = "verdict_match"
-    n_boot: int = 2000
 
 
 def default_explainer(cfg: RunConfig) -> Explainer:
@@ -113,6 +100,7 @@ def result_dir(run_dir: Path, spec: InterventionSpec, step: int | None) -> Path 
 
 def run(cfg: RunConfig, spec: InterventionSpec, explain: Explainer | None = None) -> dict[str, Any]:
     """The intervention test on one seed; returns (and writes) its result."""
+    validate_intervention(spec, "InterventionSpec")
     ckpts = complete(cfg.path("train", "checkpoints"))
     if not ckpts:
         raise UserError(f"{cfg.path('train', 'checkpoints')} has no complete checkpoint: train the run first")
