@@ -36,8 +36,7 @@ from ..models import check_lora_targets, linear_names, load_model, peft_deprecat
 from ..tables import pairs_from_table, read_table, task_of
 from ..tasks import Pair
 from . import fast
-from .config import TrainConfig, to_dict
-from .config import MonitorSpec
+from .config import MonitorSpec, TrainConfig, to_dict
 from .monitor import CouplingMonitor, decide, measure
 from .step import encode_explanations, step_losses
 
