@@ -66,8 +66,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="generation batch (default: the run's)")
     ap.add_argument("--phases", action="store_true", help="instead: where the one pass spends its time (prefill, decode, "
                     "near-tie re-check) on the pairs, and the prefill's GFLOP/s against this machine's bf16 matmul peak")
-    ap.add_argument("--out", default="benchmarks/results/bench_eval.json")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/bench_eval.json (bench_eval_phases.json "
+                    "with --phases)")
     args = ap.parse_args()
+    args.out = args.out or f"benchmarks/results/bench_eval{'_phases' if args.phases else ''}.json"
     threads = set_threads()
     cfg = config_of_run(args.run)
     precision = args.precision or cfg.precision

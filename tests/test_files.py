@@ -23,7 +23,7 @@ def test_read_rows_gives_line_numbers_for_csv_and_jsonl(tmp_path):
     ("a.csv", "ident,text\n1,a\n", "a.csv:1: header must contain id"),
     ("a.jsonl", '{"id": 1}\n{"text": 2}\n', "a.jsonl:2: expected an object with fields id"),
     ("a.jsonl", '{"id": 1}\n{"id": \n', "a.jsonl:2: not valid JSON"),
-    ("a.txt", "id\n1\n", "expected a .csv or .jsonl file (flag --x)"),
+    ("a.json", '{"id": 1}\nid\n', "a.json:2: not valid JSON"),  # not .csv: read as JSON Lines
 ])
 def test_read_rows_names_the_file_and_line(tmp_path, name, text, message):
     path = tmp_path / name
@@ -33,8 +33,8 @@ def test_read_rows_names_the_file_and_line(tmp_path, name, text, message):
 
 
 def test_read_rows_refuses_missing_files_and_non_utf8(tmp_path):
-    with pytest.raises(UserError, match="does not exist"):
-        read_rows(tmp_path / "none.csv")
+    with pytest.raises(UserError, match=r"does not exist \(flag --x\)"):
+        read_rows(tmp_path / "none.csv", what="flag --x")
     bad = tmp_path / "b.csv"
     bad.write_bytes(b"id\n\xff\xfe\n")
     with pytest.raises(UserError, match="not UTF-8"):

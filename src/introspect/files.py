@@ -90,7 +90,7 @@ def read_yaml(path: str | os.PathLike[str], flag: str = "--config") -> dict[str,
 
 
 def read_rows(path: str | os.PathLike[str], *, need: Iterable[str] = (), what: str = "") -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) for every row of a CSV file (with a header) or a JSONL file (blank lines skipped): the one
+    """(line number, record) for every row of a CSV file (with a header) or else a JSONL file (blank lines skipped): the one
     reader of users' row files. `need`: columns every record must have (a CSV header, each JSONL object); `what`: the
     flag or option that named the file, put into each error. A missing file, non-UTF-8 text, bad quoting, bad JSON, a
     row with the wrong number of columns or a missing column is a UserError naming the file and line."""
@@ -113,9 +113,7 @@ def read_rows(path: str | os.PathLike[str], *, need: Iterable[str] = (), what: s
                                         f"{len(reader.fieldnames or [])})")
                     rows.append((reader.line_num, rec))
                 return rows
-        if path.suffix.lower() != ".jsonl":
-            raise UserError(f"{path}: expected a .csv or .jsonl file{hint}")
-        rows = []
+        rows = []  # anything but .csv is read as JSON Lines (callers that allow only .csv/.jsonl check the suffix)
         with open(path, encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():

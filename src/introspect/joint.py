@@ -41,8 +41,7 @@ from .labels import target_text
 from .models import render_prompt
 from .progress import bar as progress_bar
 from .tasks import Pair, Task
-from . import tokens
-from .tokens import encode
+from .tokens import choice_token_ids, encode
 
 STOP = ">>>."
 PREFILL_ROWS = 4  # rows per prefill forward: as fast per token as wider ones here and less padding (bench_eval)
@@ -149,7 +148,7 @@ def explain_and_sample(model: Any, tok: Any, task: Task, pairs: Sequence[Pair], 
     """Greedy explanations of every pair and (`sample`) B(M) on x and x∖C, in one pass: `batch_size` pairs decode
     together, prefilled PREFILL_ROWS at a time. Returns (texts, behaviour table or None)."""
     groups = prompts_of(tok, task, pairs, sample)
-    choice_ids = tokens.choice_token_ids(tok, task.continuations) if sample else []
+    choice_ids = choice_token_ids(tok, task.continuations) if sample else []
     texts = [""] * len(pairs)
     logp = np.zeros((len(pairs), 2, len(choice_ids)), dtype=np.float32)
     top = np.zeros((len(pairs), 2), dtype=np.int64)

@@ -77,6 +77,7 @@ class RunConfig:
         fixed = {"behavior": str(self.path("train", "behavior.parquet")), "labels": str(self.path("train", "labels.parquet")),
                  "out_dir": str(self.path("train")), "model": self.model, "seed": self.seed, "precision": self.precision,
                  "verify_margin": self.verify_margin, "device": self.device}
+        assert set(fixed) == set(RUN_SETS), "RUN_SETS must name exactly the keys filled in here"
         monitor = self.train.monitor
         if self.monitor_sampled():  # sampled by the run from monitor_split
             monitor = dataclasses.replace(monitor, pairs=str(self.path("train", "monitor_behavior.parquet")))
