@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench_roofline import peak
@@ -121,5 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(True)
     main()
