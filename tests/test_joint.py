@@ -81,6 +81,23 @@ def test_the_decoder_stops_at_the_closing_marker(tiny, pairs, monkeypatch) -> No
     assert calls["n"] == len(marker)  # decoding ended when every row had stopped
 
 
+def test_the_decode_cache_drops_rows_in_place_and_reuses_its_memory() -> None:
+    g = torch.Generator().manual_seed(5)
+    k, v = torch.randn(4, 2, 5, 3, generator=g).bfloat16(), torch.randn(4, 2, 5, 3, generator=g).bfloat16()
+    storage = joint.Storage()
+    layer = joint.Preallocated(k, v, room=4, storage=storage, index=0)
+    new = torch.randn(4, 2, 1, 3, generator=g)
+    layer.update(new, -new)
+    layer.batch_select_indices(torch.tensor([1, 3]))
+    assert torch.equal(layer.keys, torch.cat([k.float(), new], 2)[[1, 3]])
+    assert torch.equal(layer.values, torch.cat([v.float(), -new], 2)[[1, 3]])
+    with pytest.raises(ValueError, match="increase"):
+        layer.batch_select_indices(torch.tensor([1, 0]))
+    again = joint.Preallocated(k[:2], v[:2], room=4, storage=storage, index=0)  # the next, smaller batch
+    assert again.buffers[0].data_ptr() == layer.buffers[0].data_ptr()
+    assert torch.equal(again.keys, k[:2].float())
+
+
 def test_evaluate_one_joint_and_apart_agree_in_fp32(tiny, varied, pairs) -> None:
     task, ps = pairs
     m0, _ = behavior.sample_behavior(tiny.model, tiny.tokenizer, task, ps, precision="fp32", progress=False)

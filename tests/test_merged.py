@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from introspect import merged
 from introspect.hashing import weights_hash
@@ -77,6 +78,39 @@ def test_a_model_without_adapters_gets_bf16_copies_only(tiny) -> None:
     assert torch.equal(fast, plain)  # the same bf16 rounding of each weight, cast once instead of per call
     with merged.merged(model, "fp32") as n:
         assert n == 0
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (3, 7, 64), (130, 64)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_bf16_linear_is_what_bf16_autocast_computes(shape, bias) -> None:
+    """The evaluation weights' bf16 matmul (oneDNN's prepacked weight on CPU) gives bf16 autocast's numbers, bit for bit."""
+    g = torch.Generator().manual_seed(4)
+    w, b, x = torch.randn(48, 64, generator=g), torch.randn(48, generator=g) if bias else None, torch.randn(*shape, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = F.linear(x, w, b), merged.bf16_linear(w, b)(x)
+    assert got.dtype == want.dtype == torch.bfloat16 and got.shape == want.shape
+    assert torch.equal(got, want)
+    assert not torch.equal(got, F.linear(x, w, b).to(torch.bfloat16))  # fp32 then rounded differs: the check can fail
+
+
+def test_an_fp32_forward_inside_a_bf16_block_runs_the_merged_fp32_weights(lora_model) -> None:
+    """The near-tie re-check (fp32, inside a bf16 evaluation) runs one matmul per Linear with the fp32 merged weight,
+    not the adapter's own A and B, and gets the unmerged fp32 numbers to fp32 rounding."""
+    ids = torch.randint(0, 1000, (2, 13), generator=torch.Generator().manual_seed(6))
+    plain = logits(lora_model, ids, "fp32")
+    calls: list[str] = []
+    hooks = [m.register_forward_hook(lambda *a, _n=name: calls.append(_n)) for name, m in lora_model.named_modules()
+             if name.endswith("lora_A.default")]
+    try:
+        with merged.merged(lora_model, "bf16"):
+            exact = logits(lora_model, ids, "fp32")
+        assert calls == []
+        logits(lora_model, ids, "fp32")
+        assert calls  # outside the block the adapter runs: the check above can fail
+    finally:
+        for h in hooks:
+            h.remove()
+    assert (exact - plain).abs().max() < 1e-5
 
 
 @pytest.mark.slow

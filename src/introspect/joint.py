@@ -153,7 +153,8 @@ def explain_and_sample(model: Any, tok: Any, task: Task, pairs: Sequence[Pair], 
     logp = np.zeros((len(pairs), 2, len(choice_ids)), dtype=np.float32)
     top = np.zeros((len(pairs), 2), dtype=np.int64)
     root = shared_prefix([p for g in groups for p in g]) if len(groups) > 1 else 0
-    order = np.argsort([tree.width([p[root:] for p in g]) for g in groups], kind="stable")  # little padding
+    # rows of similar width together (little padding), widest first: the decode `Storage` is allocated once
+    order = np.argsort([-tree.width([p[root:] for p in g]) for g in groups], kind="stable")
     dev = devices.of(model)
     # the drafts' source: the label texts the explainer was trained on, then every explanation decoded so far
     library = [encode(tok, target_text(c, letter, task.tag)) for c in (True, False) for letter in task.choices]
@@ -161,21 +162,22 @@ def explain_and_sample(model: Any, tok: Any, task: Task, pairs: Sequence[Pair], 
     model.eval()
     with tree_attention_on(model), autocast(precision, dev.type), progress_bar(total=len(pairs), disable=not progress, desc=f"{desc} ({precision})",
                                                      unit="pair") as bar:
-        shared = RootCache(model, groups[0][0][:root])
+        shared, storage = RootCache(model, groups[0][0][:root]), Storage()
         for i in range(0, len(order), batch_size):
-            parts = []
+            parts, answer_states = [], []
             for k in range(i, min(i + batch_size, len(order)), PREFILL_ROWS):
                 rows = order[k:min(k + PREFILL_ROWS, i + batch_size)]
                 batch = tree.pack([[p[root:] for p in groups[r]] for r in rows], tok.pad_token_id).to(dev)
                 part, hidden = prefill(shared, batch)
                 parts.append(part)
-                if sample:
-                    at = [(b, c) for b, row in enumerate(batch.last_columns()) for c in row[1:]]
-                    lp, tp = behavior.choice_logprobs(model, torch.stack([hidden[b, c] for b, c in at]), choice_ids)
-                    logp[rows], top[rows] = lp.reshape(len(rows), 2, -1), tp.reshape(len(rows), 2)
+                if sample:  # x's and x∖C's last columns: the fp32 head reads them once per batch (one weight pass)
+                    answer_states += [hidden[b, c] for b, row in enumerate(batch.last_columns()) for c in row[1:]]
             rows = order[i:i + batch_size]
+            if sample:
+                lp, tp = behavior.choice_logprobs(model, torch.stack(answer_states), choice_ids)
+                logp[rows], top[rows] = lp.reshape(len(rows), 2, -1), tp.reshape(len(rows), 2)
             decoded = decode(model, tok, shared, Prefilled.join(parts), [len(groups[r][0]) for r in rows], max_new_tokens,
-                             library)
+                             library, storage)
             for r, text in zip(rows, decoded):
                 texts[r] = text
             bar.update(len(rows))
@@ -189,15 +191,33 @@ def explain_and_sample(model: Any, tok: Any, task: Task, pairs: Sequence[Pair], 
     return texts, behavior.behavior_frame(task, pairs, res)
 
 
+class Storage:
+    """fp32 memory for the decode caches, kept across the batches of one `explain_and_sample` call and grown on
+    demand. A cache of 16 rows is 5-11 MB per layer; allocated afresh for every batch, the allocator maps new pages
+    that fault on their first write, which made filling the cache of a long batch cost more than its whole decode
+    (docs/benchmarks.md#evaluation)."""
+
+    def __init__(self) -> None:
+        self.flat: dict[tuple[int, int], torch.Tensor] = {}
+
+    def take(self, key: tuple[int, int], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        n = int(np.prod(shape))
+        buf = self.flat.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self.flat[key] = like.new_empty(n, dtype=torch.float32)
+        return buf[:n].view(shape)
+
+
 class Preallocated(DynamicLayer):
     """A KV cache layer with room for `room` more tokens, kept in fp32: each decode step writes its keys and values
     in place (a DynamicLayer concatenates, copying the whole cache every step: most of the decode time here), and
-    `tree_attention` reads them without a cast."""
+    `tree_attention` reads them without a cast. Its memory comes from `storage` (slot `index`); rows leaving the
+    batch are compacted in place."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, *, room: int):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, *, room: int, storage: Storage, index: int):
         super().__init__()
         shape = (*keys.shape[:2], keys.shape[2] + room, keys.shape[3])  # fp32: what `tree_attention` reads
-        self.buffers = keys.new_empty(shape, dtype=torch.float32), values.new_empty(shape, dtype=torch.float32)
+        self.buffers = storage.take((index, 0), shape, keys), storage.take((index, 1), shape, values)
         self.length = 0
         self.lazy_initialization(keys, values)
         self.update(keys, values)
@@ -214,7 +234,15 @@ class Preallocated(DynamicLayer):
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.buffers = self.buffers[0][indices], self.buffers[1][indices]
+        """Keep the rows `indices` (increasing), moved to the front of the same memory."""
+        keep = indices.tolist()
+        if keep != sorted(keep):
+            raise ValueError("Preallocated keeps rows in their order: indices must increase")
+        for buf in self.buffers:
+            for j, src in enumerate(keep):  # j <= src: a row is read before anything is written over it
+                if j != src:
+                    buf[j, :, :self.length] = buf[src, :, :self.length]
+        self.buffers = self.buffers[0][:len(keep)], self.buffers[1][:len(keep)]
         self.keys, self.values = self.buffers[0][:, :, :self.length], self.buffers[1][:, :, :self.length]
 
 
@@ -227,7 +255,7 @@ def draft(library: Sequence[list[int]], have: list[int], k: int) -> list[int]:
 
 
 def decode(model: Any, tok: Any, shared: RootCache, rows: Prefilled, lengths: list[int], max_new_tokens: int,
-           library: list[list[int]]) -> list[str]:
+           library: list[list[int]], storage: Storage | None = None) -> list[str]:
     """Greedy continuation of each row's explanation prompt (`lengths` tokens) from its prefilled cache.
 
     Explanations repeat a template, so each step also feeds a draft of the next DRAFT tokens (what followed the same
@@ -235,8 +263,10 @@ def decode(model: Any, tok: Any, shared: RootCache, rows: Prefilled, lengths: li
     its argmax after them: the tokens greedy decoding would give, in fewer steps. A rejected draft's cache columns are
     never visible again; finished rows leave the batch. Finished explanations are added to `library`."""
     n, dev = len(lengths), rows.last.device
+    storage = storage or Storage()
     head = model.get_output_embeddings()
-    cache = Cache(layers=[Preallocated(k, v, room=max_new_tokens * (DRAFT + 1)) for k, v in rows.kv])
+    cache = Cache(layers=[Preallocated(k, v, room=max_new_tokens * (DRAFT + 1), storage=storage, index=i)
+                          for i, (k, v) in enumerate(rows.kv)])
     visible, k_pos = rows.visible, rows.k_pos
     out = [[int(t)] for t in head(rows.last).argmax(-1)]  # the last token of each is not in the cache yet
     live = [b for b in range(n) if not finished(tok, out[b], max_new_tokens)]  # rows still decoding, cache order
@@ -254,7 +284,10 @@ def decode(model: Any, tok: Any, shared: RootCache, rows: Prefilled, lengths: li
         step = shared.decoder(input_ids=ids.to(dev), position_ids=q_pos, **{shared.kv: cache}, use_cache=True,
                               attention_mask=tree.model_mask(model, mask, q_pos, k_pos))
         cache = getattr(step, shared.kv)
-        best = head(step.last_hidden_state).argmax(-1).tolist()  # [live, width]
+        fed = [1 + len(d) for d in drafts]  # columns holding a token; the rest are padding the head need not read
+        states = torch.cat([step.last_hidden_state[i, :f] for i, f in enumerate(fed)])
+        flat = head(states).argmax(-1).tolist()
+        best = [flat[a:a + f] for a, f in zip(np.cumsum([0, *fed]), fed)]  # [live][fed]
         seen = torch.zeros(len(live), width, dtype=torch.bool, device=dev)
         still = []
         for i, b in enumerate(live):

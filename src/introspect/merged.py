@@ -9,9 +9,10 @@ one weight W + s·B·A (fp32 sum, then bf16 under bf16 precision) made once per 
 Linears get their bf16 copy too. The model's own weights are never modified, so M0 is M0 again when the block ends,
 exactly (no merge/unmerge round trip).
 
-Where the fast path applies: a bf16 run under bf16 autocast, an fp32 run outside autocast. Anything else (the fp32
-re-check of near-ties inside a bf16 run; `behavior.head_logits`, which reads the head's fp32 weight directly) runs
-the layer's own forward, unmerged, as before. Merged and unmerged differ by rounding only: in fp32 by fp32 rounding;
+Where the fast path applies: a bf16 run under bf16 autocast, an fp32 run outside autocast. The fp32 re-check of
+near-ties inside a bf16 run (fp32 inputs, autocast off) uses each LoRA layer's fp32 merged weight — the same fp32 sum
+before its bf16 rounding — so it too runs one matmul per Linear instead of three. Anything else
+(`behavior.head_logits`, which reads the head's fp32 weight directly) runs the layer's own forward, unmerged. Merged and unmerged differ by rounding only: in fp32 by fp32 rounding;
 in bf16 the sum W + s·B·A is rounded to bf16 once instead of the two products separately. How often that changes a
 greedy explanation or an answer is measured by benchmarks/bench_eval.py.
 """
@@ -30,6 +31,26 @@ def _fast(precision: str, x: torch.Tensor) -> bool:
     return on if precision == "bf16" else not torch.is_autocast_enabled(x.device.type)
 
 
+def bf16_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
+    """x -> linear(x, weight, bias) in bf16, as bf16 autocast computes it: on CPU with oneDNN, from the weight reordered
+    once into oneDNN's blocked layout (torch's own `_reorder_linear_weight` / `_linear_pointwise`, what inductor
+    uses for frozen CPU weights): the same products and sums, without re-laying out the weight on every call
+    (docs/benchmarks.md#evaluation). Elsewhere `F.linear`."""
+    weight = weight.to(torch.bfloat16)
+    bias = None if bias is None else bias.detach().to(torch.bfloat16)
+    if weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
+        except (AttributeError, RuntimeError):  # a torch build without the op: the plain path
+            packed = None
+        if packed is not None:
+            return lambda x: torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), packed, bias, "none", [], "")
+    return lambda x: F.linear(x.to(torch.bfloat16), weight, bias)
+
+
+PACK_ROWS = 64  # the row count oneDNN's weight layout is chosen for (any row count runs; bench: 1-2,352 rows alike)
+
+
 def _lora_layers(model: Any) -> list[Any]:
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
@@ -38,11 +59,12 @@ def _lora_layers(model: Any) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, LoraLinear)]
 
 
-def evaluation_weights(model: Any, precision: str) -> list[tuple[torch.nn.Module, torch.Tensor]]:
-    """(module, weight its fast forward uses): LoRA Linears with the active adapters' deltas merged (fp32 sum), and
-    under bf16 every other Linear (the LM head included) with a bf16 copy."""
+def evaluation_weights(model: Any, precision: str) -> list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]]:
+    """(module, weight its fast forward uses, fp32 merged weight for fp32 calls inside a bf16 run or None): LoRA
+    Linears with the active adapters' deltas merged (fp32 sum), and under bf16 every other Linear (the LM head
+    included) with a bf16 copy."""
     dtype = torch.bfloat16 if precision == "bf16" else None
-    chosen: list[tuple[torch.nn.Module, torch.Tensor]] = []
+    chosen: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]] = []
     covered: set[int] = set()
     for mod in _lora_layers(model):
         if mod.merged or mod.disable_adapters or mod.lora_variant:
@@ -52,12 +74,13 @@ def evaluation_weights(model: Any, precision: str) -> list[tuple[torch.nn.Module
             for name in mod.active_adapters:
                 if name in mod.lora_A:
                     w = w + mod.get_delta_weight(name).float()
-        chosen.append((mod, w.to(dtype or mod.base_layer.weight.dtype)))
+        exact = w if dtype is not None and w.dtype == torch.float32 else None
+        chosen.append((mod, w.to(dtype or mod.base_layer.weight.dtype), exact))
         covered |= {id(m) for m in mod.modules()}
     if dtype is not None:
         for mod in model.modules():
             if type(mod) is torch.nn.Linear and id(mod) not in covered:
-                chosen.append((mod, mod.weight.detach().to(dtype)))
+                chosen.append((mod, mod.weight.detach().to(dtype), None))
     return chosen
 
 
@@ -66,21 +89,25 @@ def merged(model: Any, precision: str, *, on: bool = True) -> Iterator[int]:
     """Within the block, `model`'s Linears use their evaluation weights (see the module doc); yields their number.
     `on=False`: the model as it is (yields 0)."""
     chosen = evaluation_weights(model, precision) if on else []
-    own = [mod.__dict__.get("forward") for mod, _ in chosen]  # an instance forward (a hook's) is put back after
-    for mod, weight in chosen:
+    own = [mod.__dict__.get("forward") for mod, _, _ in chosen]  # an instance forward (a hook's) is put back after
+    for mod, weight, exact in chosen:
         bias = mod.base_layer.bias if hasattr(mod, "base_layer") else mod.bias
+        fast = bf16_linear(weight, bias) if precision == "bf16" else lambda x, _w=weight, _b=bias: F.linear(x, _w, _b)
 
-        def forward(x: torch.Tensor, *args: Any, _w: torch.Tensor = weight, _b: Any = bias,
-                    _own: Any = mod.forward, **kwargs: Any) -> torch.Tensor:
-            if _fast(precision, x) and not args and not kwargs:
-                return F.linear(x, _w, _b)
+        def forward(x: torch.Tensor, *args: Any, _fast_linear: Any = fast, _w32: torch.Tensor | None = exact,
+                    _b: Any = bias, _own: Any = mod.forward, **kwargs: Any) -> torch.Tensor:
+            if not args and not kwargs:
+                if _fast(precision, x):
+                    return _fast_linear(x)
+                if _w32 is not None and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+                    return F.linear(x, _w32, _b)  # an fp32 call inside a bf16 run: the near-tie re-check
             return _own(x, *args, **kwargs)
 
         mod.forward = forward
     try:
         yield len(chosen)
     finally:
-        for (mod, _), before in zip(chosen, own):
+        for (mod, _, _), before in zip(chosen, own):
             if before is None:
                 del mod.forward  # the class's forward again
             else:
