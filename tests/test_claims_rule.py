@@ -51,7 +51,8 @@ def test_a_complete_experiment_without_its_estimates_is_an_error() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec, results", [("claims_v1", "claims_results"), ("claims_v2", "claims_v2_results")])
+@pytest.mark.parametrize("spec, results", [("claims_v1", "claims_results"), ("claims_v2", "claims_v2_results"),
+                                           ("claims_v3", "claims_v3_results")])
 def test_the_experiment_tables_re_make_from_the_archives(spec: str, results: str, tmp_path: Path) -> None:
     """The committed table (its JSON: every number, the pooled CIs and the decision) is what the spec's rule gives
     on the committed archive; a run directory in the way would be read first, so this runs from a copy."""
@@ -60,8 +61,8 @@ def test_the_experiment_tables_re_make_from_the_archives(spec: str, results: str
     for rel in (f"configs/experiments/{spec}.yaml", "docs/claims_lambda.json"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, tmp_path / rel)
-    archive = "docs/claims_runs" if spec == "claims_v1" else "docs/claims_v2_runs"
-    configs = "configs/claims" if spec == "claims_v1" else "configs/claims_v2"
+    archive = {"claims_v1": "docs/claims_runs"}.get(spec, f"docs/{spec}_runs")
+    configs = {"claims_v1": "configs/claims"}.get(spec, f"configs/{spec}")
     shutil.copytree(ROOT / archive, tmp_path / archive)
     shutil.copytree(ROOT / configs, tmp_path / configs)
     here = os.getcwd()

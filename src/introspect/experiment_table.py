@@ -145,11 +145,19 @@ def arm_rows(stem: str, res: dict[str, Any], contrast_arm: bool) -> tuple[list[s
     return lines, kept
 
 
+def fixed_lambda(spec: ExperimentSpec) -> str:
+    """The primary arm's behaviour-KL weight, read from its first seed's config (experiments whose λ is fixed in
+    their configs, not selected by `lambda_selection`)."""
+    cfg = load_run_config(Path(spec.configs) / f"{run_name(spec, spec.primary, spec.seeds[0])}.yaml")
+    return f"{cfg.train_config().weights.behavior_kl:g}"
+
+
 def table(spec: ExperimentSpec) -> dict[str, Any]:
     """The table, the pooled estimates and the decision of `spec`'s rule -> RESULTS.md/.json/.png (`spec.results`)."""
     rule = spec.decision
     record = Path(spec.lambda_selection.record) if spec.lambda_selection else None
-    lam_star = json.loads(record.read_text())["lambda_star"] if record and record.is_file() else "1"
+    lam_star = (json.loads(record.read_text())["lambda_star"] if record and record.is_file()
+                else fixed_lambda(spec))
     lines = ["| arm | step | Self EM [95% CI] | Orig EM [95% CI] | Self − Orig EM [95% CI] | on differing items (n) | HC-F1 Self − Orig | agreement | validity |",
              "|---|---|---|---|---|---|---|---|---|"]
     out: dict[str, Any] = {"lambda_star": lam_star, "arms": {}}
