@@ -9,11 +9,13 @@ one weight W + s·B·A (fp32 sum, then bf16 under bf16 precision) made once per 
 Linears get their bf16 copy too. The model's own weights are never modified, so M0 is M0 again when the block ends,
 exactly (no merge/unmerge round trip).
 
-Where the fast path applies: a bf16 run under bf16 autocast, an fp32 run outside autocast. The fp32 re-check of
-near-ties inside a bf16 run (fp32 inputs, autocast off) uses each LoRA layer's fp32 merged weight — the same fp32 sum
-before its bf16 rounding — so it too runs one matmul per Linear instead of three. Anything else
-(`behavior.head_logits`, which reads the head's fp32 weight directly) runs the layer's own forward, unmerged. Merged and unmerged differ by rounding only: in fp32 by fp32 rounding;
-in bf16 the sum W + s·B·A is rounded to bf16 once instead of the two products separately. How often that changes a
+Where the fast path applies: a bf16 run under bf16 autocast, an fp32 run outside autocast. On CPU the fp32 re-check
+of near-ties inside a bf16 run (fp32 inputs, autocast off) uses each LoRA layer's fp32 merged weight — the same fp32
+sum before its bf16 rounding, kept in RAM (4 bytes per adapted weight; on an accelerator that memory is not spent) —
+so it too runs one matmul per Linear instead of three. Anything else (`behavior.head_logits`, which reads the head's
+fp32 weight directly; the re-check on an accelerator) runs the layer's own forward, unmerged. Merged and unmerged
+differ by rounding only: in fp32 by fp32 rounding; in bf16 the sum W + s·B·A is rounded to bf16 once instead of the
+two products separately. How often that changes a
 greedy explanation or an answer is measured by benchmarks/bench_eval.py.
 """
 
@@ -29,6 +31,9 @@ import torch.nn.functional as F
 def _fast(precision: str, x: torch.Tensor) -> bool:
     on = torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) == torch.bfloat16
     return on if precision == "bf16" else not torch.is_autocast_enabled(x.device.type)
+
+
+PACK_ROWS = 64  # the row count oneDNN's weight layout is chosen for (any row count runs; bench: 1-2,352 rows alike)
 
 
 def bf16_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
@@ -48,9 +53,6 @@ def bf16_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
     return lambda x: F.linear(x.to(torch.bfloat16), weight, bias)
 
 
-PACK_ROWS = 64  # the row count oneDNN's weight layout is chosen for (any row count runs; bench: 1-2,352 rows alike)
-
-
 def _lora_layers(model: Any) -> list[Any]:
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
@@ -60,8 +62,8 @@ def _lora_layers(model: Any) -> list[Any]:
 
 
 def evaluation_weights(model: Any, precision: str) -> list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]]:
-    """(module, weight its fast forward uses, fp32 merged weight for fp32 calls inside a bf16 run or None): LoRA
-    Linears with the active adapters' deltas merged (fp32 sum), and under bf16 every other Linear (the LM head
+    """(module, weight its fast forward uses, fp32 merged weight for fp32 calls inside a bf16 run on CPU or None):
+    LoRA Linears with the active adapters' deltas merged (fp32 sum), and under bf16 every other Linear (the LM head
     included) with a bf16 copy."""
     dtype = torch.bfloat16 if precision == "bf16" else None
     chosen: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]] = []
@@ -74,7 +76,7 @@ def evaluation_weights(model: Any, precision: str) -> list[tuple[torch.nn.Module
             for name in mod.active_adapters:
                 if name in mod.lora_A:
                     w = w + mod.get_delta_weight(name).float()
-        exact = w if dtype is not None and w.dtype == torch.float32 else None
+        exact = w if dtype is not None and w.dtype == torch.float32 and w.device.type == "cpu" else None
         chosen.append((mod, w.to(dtype or mod.base_layer.weight.dtype), exact))
         covered |= {id(m) for m in mod.modules()}
     if dtype is not None:
