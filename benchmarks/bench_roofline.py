@@ -9,9 +9,9 @@ ratio to the peak.
 The peak is the best of `F.linear` on 2048³ and on the model's own projection shapes with 2048 rows (bf16 inputs, as
 under autocast), 10 timed calls each. The step is timed over --steps steps after one warm-up step; then the same
 steps (the same rows: `step_rows` is a function of the step index) run again with their FLOPs counted, so the rate is
-the timed steps' FLOPs over their time (steps differ in length: a batch of long questions costs more); `--profile N` then runs N more steps under torch's profiler and reports each op's
-share of their CPU time (matmuls, attention forward and backward, the rest). Writes
-benchmarks/results/bench_roofline.json.
+the timed steps' FLOPs over their time (steps differ in length: a batch of long questions costs more). `--profile N`
+then runs N more steps under torch's profiler and reports each op's share of their CPU time (matmuls, attention
+forward and backward, the rest). Writes benchmarks/results/bench_roofline.json.
 """
 
 from __future__ import annotations

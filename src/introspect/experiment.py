@@ -127,6 +127,11 @@ def run_name(spec: ExperimentSpec, arm: str, seed: int) -> str:
     return f"{spec.arms[arm]}_s{seed}"
 
 
+def config_path(spec: ExperimentSpec, arm: str, seed: int) -> Path:
+    """The run config of `arm` on `seed`: {configs}/{arms[arm]}_s{seed}.yaml."""
+    return Path(spec.configs) / f"{run_name(spec, arm, seed)}.yaml"
+
+
 def results_dir(config: Path, archive: Path, run_dir_root: Path | None = None) -> Path | None:
     """An arm's eval folder: its run directory's (`run_dir` of `config`, under `run_dir_root` if relative) when that
     has results, else the archive's (`archive/CONFIG_STEM/eval`); None if neither has results.json."""
@@ -140,7 +145,7 @@ def results_dir(config: Path, archive: Path, run_dir_root: Path | None = None) -
 
 
 def eval_dir(spec: ExperimentSpec, arm: str, seed: int) -> Path | None:
-    return results_dir(Path(spec.configs) / f"{run_name(spec, arm, seed)}.yaml", Path(spec.archive))
+    return results_dir(config_path(spec, arm, seed), Path(spec.archive))
 
 
 def evaluated_steps(folder: Path) -> list[int]:
@@ -254,8 +259,7 @@ def intervention_results(spec: ExperimentSpec) -> dict[str, Any]:
     """Each planned seed's intervention result (run directory first, then the archive); missing ones listed."""
     per_seed, missing = {}, []
     for seed in spec.intervention.seeds:
-        name = run_name(spec, spec.primary, seed)
-        config = Path(spec.configs) / f"{name}.yaml"
+        name, config = run_name(spec, spec.primary, seed), config_path(spec, spec.primary, seed)
         roots = ([Path(load_run_config(config).run_dir)] if config.is_file() else []) + [Path(spec.archive) / name]
         found = [p for p in (intervention_dir(spec, r) for r in roots) if p is not None and (p / "result.json").is_file()]
         if found:

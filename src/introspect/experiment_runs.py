@@ -17,17 +17,13 @@ from pathlib import Path
 
 from .errors import UserError
 from .files import atomic_path
-from .experiment import (ExperimentSpec, eval_dir, intervention_dir, intervention_results, intervention_settings,
-                         results_dir, run_name)
+from .experiment import (ExperimentSpec, config_path, eval_dir, intervention_dir, intervention_results,
+                         intervention_settings, results_dir)
 from .run_config import load_run_config
 
 # M0 on the shared eval set, and the training tables: copied from a sibling arm that has them, so sampling runs once
 SHARED = ("train/behavior.parquet", "train/labels.parquet", "eval/m0_behavior.parquet",
           "eval/step_000000/result.json", "eval/step_000000/items.parquet")
-
-
-def config_path(spec: ExperimentSpec, arm: str, seed: int) -> Path:
-    return Path(spec.configs) / f"{run_name(spec, arm, seed)}.yaml"
 
 
 def reuse(config: Path, archive: Path) -> None:

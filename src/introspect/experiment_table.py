@@ -18,7 +18,7 @@ import numpy as np
 
 from . import metrics
 from .files import atomic_path
-from .experiment import ExperimentSpec, eval_dir, run_name
+from .experiment import ExperimentSpec, config_path, eval_dir, run_name
 from .run_config import load_run_config
 from .tables import read_table
 from .tasks import get_task
@@ -148,7 +148,7 @@ def arm_rows(stem: str, res: dict[str, Any], contrast_arm: bool) -> tuple[list[s
 def fixed_lambda(spec: ExperimentSpec) -> str:
     """The primary arm's behaviour-KL weight, read from its first seed's config (experiments whose λ is fixed in
     their configs, not selected by `lambda_selection`)."""
-    cfg = load_run_config(Path(spec.configs) / f"{run_name(spec, spec.primary, spec.seeds[0])}.yaml")
+    cfg = load_run_config(config_path(spec, spec.primary, spec.seeds[0]))
     return f"{cfg.train_config().weights.behavior_kl:g}"
 
 
@@ -177,7 +177,7 @@ def table(spec: ExperimentSpec) -> dict[str, Any]:
         last = max(int(k) for k in res["checkpoints"])
         if arm in (spec.primary, spec.sibling):
             groups["noreg" if arm == spec.sibling else "reg"].append(
-                arm_items(Path(spec.configs) / f"{stem}.yaml", folders[stem], last))
+                arm_items(config_path(spec, arm, seed), folders[stem], last))
         if arm == spec.primary and not res["checkpoints"][str(last)]["verdict"]["valid"]:
             valid = False
     summary: dict[str, Any] = {}
